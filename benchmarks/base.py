@@ -1,0 +1,67 @@
+"""The benchmark adapter contract: splits, prompts, an evaluation plan, scoring and defaults.
+
+An adapter turns its data into training examples (forget, retain), declares every request
+its metrics need as one ``EvalPlan``, and turns the plan's outputs into aggregate and
+per-sample scores. Metrics that need a reference model (forget quality, PrivLeak) read the
+``reference`` values that the retain model's own evaluation produced; when those are absent
+they are listed under ``missing`` with the reason, never reported as a silent None.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from harness.batching import Example
+from harness.evaluation import EvalPlan, PlanOutputs
+from harness.leaderboard.columns import Column
+
+
+@dataclass
+class Scores:
+    aggregates: dict[str, float] = field(default_factory=dict)
+    per_sample: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    reference_values: dict[str, Any] = field(default_factory=dict)   # what this model offers as a reference
+    missing: dict[str, str] = field(default_factory=dict)            # metric -> why it could not be computed
+
+
+@dataclass
+class NoBenchmarkConfig:
+    pass
+
+
+class Benchmark:
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Config: ClassVar[type] = NoBenchmarkConfig
+    columns: ClassVar[list[Column]] = []
+    # TrainConfig fields for `prepare` (fine-tuning target and retain models on this benchmark).
+    finetune_defaults: ClassVar[dict[str, Any]] = {}
+    # Per-method defaults: {"*": {...}, "<method>": {...}}; keys are "train.<field>" or "<method>.<field>".
+    method_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    needs_prepared_target: ClassVar[bool] = True   # no published target model exists
+
+    def __init__(self, config: Any = None, data_dir: Path | None = None, limit: int | None = None):
+        self.config = config if config is not None else self.Config()
+        self.data_dir = data_dir
+        self.limit = limit
+
+    def data_info(self) -> dict[str, Any]:
+        """Where the data came from, its fingerprint, and any declared stand-in split."""
+        raise NotImplementedError
+
+    def forget_train(self) -> list[Example]:
+        raise NotImplementedError
+
+    def retain_train(self) -> list[Example] | None:
+        return None
+
+    def eval_plan(self) -> EvalPlan:
+        raise NotImplementedError
+
+    def score(self, outputs: PlanOutputs, reference: dict[str, Any] | None) -> Scores:
+        raise NotImplementedError
+
+    def _cut(self, items: list) -> list:
+        """Apply ``--limit``: the first N items of a split."""
+        return items[: self.limit] if self.limit else items

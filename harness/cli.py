@@ -1,0 +1,210 @@
+"""The `harness` command line: run, eval, prepare, list, leaderboard."""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+EPILOG = """examples:
+  harness run --methods all --benchmark synthetic                # embedded SmolLM2, offline
+  harness run --methods ga,graddiff --benchmark synthetic --model tiny-random --limit 4
+  harness run --methods graddiff --benchmark synthetic --set graddiff.alpha=2 --set train.lr=1e-5
+  harness eval --benchmark synthetic --model path/to/model --retain path/to/retain_model
+  harness list methods
+  harness leaderboard --results-dir results
+"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                   help="import a plugin file that registers methods, benchmarks or metrics (repeatable)")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--benchmark", required=True, help="benchmark name (see `harness list benchmarks`)")
+    p.add_argument("--model", default="smollm2-135m",
+                   help="base model: alias (smollm2-135m, tiny-random), local folder or hub id (default: smollm2-135m)")
+    p.add_argument("--data-dir", type=Path, help="local folder with the benchmark's files (offline)")
+    p.add_argument("--seed", type=int, default=0, help="seed for training order, pairing and initialisation")
+    p.add_argument("--limit", type=int, help="use only the first N items of every split (quick runs)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. train.lr=1e-5, graddiff.alpha=2, benchmark.num_forget=3, eval.batch_size=8")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harness", description="Benchmark LLM unlearning methods and render leaderboards.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    sub.required = True
+
+    run = sub.add_parser("run", help="unlearn with each method, evaluate, write records and the leaderboard")
+    _model_args(run)
+    run.add_argument("--methods", default="all", help="'all' or a comma list, e.g. ga,graddiff")
+    run.add_argument("--target", help="an existing target model (skips prepare); --model then only labels the rows")
+    run.add_argument("--retain", help="an existing retain model for the reference row and per-item references")
+    run.add_argument("--results-dir", type=Path, default=Path("results"), help="where records go (default: results)")
+    run.add_argument("--force", action="store_true", help="re-run cells that already have a finished record")
+    run.add_argument("--no-save-models", dest="save_models", action="store_false", help="do not save unlearned weights")
+    run.add_argument("--models-dir", type=Path, help="where unlearned weights go (default: $HARNESS_CACHE/unlearned)")
+    _common(run)
+
+    ev = sub.add_parser("eval", help="score a model on a benchmark without unlearning")
+    _model_args(ev)
+    ev.add_argument("--retain", help="retain model whose scores are the reference (forget quality, PrivLeak)")
+    ev.add_argument("--results-dir", type=Path, default=Path("results"))
+    ev.add_argument("--force", action="store_true")
+    _common(ev)
+
+    prep = sub.add_parser("prepare", help="fine-tune (or reuse cached) target and retain models from a base model")
+    _model_args(prep)
+    prep.add_argument("--force", action="store_true", help="fine-tune again even if cached")
+    _common(prep)
+
+    ls = sub.add_parser("list", help="list registered methods, benchmarks or metrics")
+    ls.add_argument("what", choices=["methods", "benchmarks", "metrics"])
+    _common(ls)
+
+    lb = sub.add_parser("leaderboard", help="re-render LEADERBOARD.md from stored records only")
+    lb.add_argument("--results-dir", type=Path, default=Path("results"))
+    _common(lb)
+    return parser
+
+
+def _progress():
+    from tqdm.auto import tqdm
+
+    return functools.partial(tqdm, disable=None, leave=False, dynamic_ncols=True)
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def load_plugins(files: list[str]) -> None:
+    from harness.registry import PLUGINS, load_builtins, load_plugin_file
+
+    load_builtins()
+    for f in files:
+        load_plugin_file(f)
+    for label, reason in PLUGINS.failed.items():
+        print(f"warning: {label} failed to load and was skipped: {reason}", file=sys.stderr)
+
+
+def cmd_list(args) -> int:
+    from harness.registry import BENCHMARKS, METHODS, METRICS
+
+    if args.what == "methods":
+        for name, cls in METHODS.items():
+            paper = f"  [{cls.paper}]" if getattr(cls, "paper", "") else ""
+            print(f"{name:<12} {cls.description}{paper}")
+    elif args.what == "benchmarks":
+        for name, cls in BENCHMARKS.items():
+            print(f"{name:<14} {cls.description}")
+    else:
+        for name, info in METRICS.items():
+            print(f"{name:<32} {info.family:<10} {info.description}")
+    return 0
+
+
+def _request(args, **extra):
+    from harness.config import parse_set
+    from harness.runner import RunRequest
+
+    return RunRequest(
+        benchmark=args.benchmark, model=args.model, data_dir=args.data_dir, seed=args.seed, limit=args.limit,
+        overrides=parse_set(args.overrides), device=args.device, trust_remote_code=args.trust_remote_code, **extra,
+    )
+
+
+def cmd_run(args) -> int:
+    from harness.runner import Runner
+
+    req = _request(args, methods=args.methods, target=args.target, retain=args.retain, results_dir=args.results_dir,
+                   force=args.force, save_models=args.save_models, models_dir=args.models_dir)
+    started = time.perf_counter()
+    summary = Runner(req, _progress(), _log).run()
+    print(f"leaderboard: {summary.leaderboard}  (wall time {time.perf_counter() - started:.0f} s)")
+    if summary.failed:
+        print(f"{len(summary.failed)} cell(s) failed; their records hold the traceback, rerun to retry:", file=sys.stderr)
+        for line in summary.failed:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from harness.runner import Runner, RunSummary, render_results
+
+    req = _request(args, methods="all", target=args.model, retain=args.retain, results_dir=args.results_dir,
+                   force=args.force, save_models=False)
+    runner, summary, reference = Runner(req, _progress(), _log), RunSummary(), None
+    if args.retain:
+        retain_record = runner.reference_cell("retain", args.retain, None, summary)
+        reference = retain_record.get("reference_values") if retain_record else None
+    else:
+        print("note: no --retain model given; forget quality and PrivLeak need one and are left out.")
+    record = runner.reference_cell("target", args.model, reference, summary)
+    print(f"leaderboard: {render_results(args.results_dir)}")
+    return 0 if record and record.get("status") == "ok" else 1
+
+
+def cmd_prepare(args) -> int:
+    from harness.runner import Runner
+
+    req = _request(args, methods="all")
+    runner = Runner(req, _progress(), _log)
+    from harness.prepare import prepare
+
+    folders = prepare(args.model, runner.bench, runner.finetune_cfg, args.seed, runner.device, _progress(), args.force, _log)
+    for role, folder in folders.items():
+        print(f"{role}: {folder}")
+    return 0
+
+
+def cmd_leaderboard(args) -> int:
+    from harness.runner import render_results
+
+    if not Path(args.results_dir).is_dir():
+        raise HarnessError(f"results directory '{args.results_dir}' does not exist; run `harness run` first or pass --results-dir.")
+    print(f"leaderboard: {render_results(args.results_dir)}")
+    return 0
+
+
+def quiet_libraries() -> None:
+    """Keep our own progress bars and summaries readable: silence the libraries' loading bars."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+COMMANDS = {"run": cmd_run, "eval": cmd_eval, "prepare": cmd_prepare, "list": cmd_list, "leaderboard": cmd_leaderboard}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_libraries()
+    try:
+        load_plugins(args.plugin)
+        return COMMANDS[args.verb](args)
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

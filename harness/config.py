@@ -1,0 +1,103 @@
+"""Resolving settings: dataclass defaults, then benchmark defaults, then ``--set`` overrides.
+
+Every key lives in one section: ``train.*`` (the unlearning loop), ``finetune.*`` (the loop
+when ``prepare`` builds target and retain models), ``benchmark.*``, ``eval.*`` and one
+section per method (``graddiff.alpha``). A bare key (``lr=1e-4``) means ``train.<key>``.
+Values are cast to the field's declared type; an unknown key or a value of the wrong type
+is an error that lists what is valid. The order of precedence is fixed and documented, and
+the resolved values are recorded with every result.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from harness.errors import HarnessError, closest
+from harness.training import TrainConfig
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 16        # sequences per forward pass in the evaluation engine
+    max_length: int = 2048      # tokens per scored text
+
+
+def parse_set(pairs: list[str] | None) -> dict[str, str]:
+    """``["a.b=1", "c=x"]`` -> ``{"a.b": "1", "c": "x"}``."""
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise HarnessError(f"--set expects key=value (e.g. --set train.lr=1e-5), got '{pair}'.")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def cast(key: str, value: Any, kind: Any) -> Any:
+    """Cast a --set string to the declared type of the field."""
+    if not isinstance(value, str):
+        return value
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    if args and type(None) in typing.get_args(kind):
+        if value.lower() in ("none", "null", ""):
+            return None
+        kind = args[0]
+    try:
+        if kind is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            as_float = float(value)
+            if not as_float.is_integer():
+                raise ValueError
+            return int(as_float)
+        if kind is float:
+            return float(value)
+        return kind(value) if kind is not Any else value
+    except (ValueError, TypeError):
+        name = getattr(kind, "__name__", str(kind))
+        raise HarnessError(f"--set {key}={value}: expected {name}, got '{value}'.") from None
+
+
+def build(cls: type, section: str, layers: list[dict[str, Any]]) -> Any:
+    """Instantiate ``cls`` from ``section.*`` keys of each layer, later layers winning."""
+    types = field_types(cls)
+    values: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            sec, _, name = key.rpartition(".")
+            if sec == section and name in types:
+                values[name] = cast(key, value, types[name])
+    return cls(**values)
+
+
+def valid_keys(sections: dict[str, type]) -> list[str]:
+    return sorted(f"{sec}.{f.name}" for sec, cls in sections.items() for f in dataclasses.fields(cls))
+
+
+def normalise_overrides(overrides: dict[str, str], sections: dict[str, type]) -> dict[str, str]:
+    """Map bare keys to ``train.*`` and reject unknown keys with the list of valid ones."""
+    known = set(valid_keys(sections))
+    out = {}
+    for key, value in overrides.items():
+        full = key if "." in key else f"train.{key}"
+        if full not in known:
+            near = closest(full, known)
+            hint = f" Did you mean: {', '.join(near)}?" if near else ""
+            raise HarnessError(f"unknown --set key '{key}'.{hint} Valid keys: {', '.join(sorted(known))}.")
+        out[full] = value
+    return out
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)

@@ -1,0 +1,135 @@
+"""The Hugging Face evaluation engine: batched greedy generation and teacher-forced log-probs.
+
+Requests are sorted by length so batches carry little padding; generation pads on the left;
+log-prob batches compute the full next-token distribution only at the scored positions, where
+they also yield the greedy-match flags (exact memorisation, extraction strength) and the mean
+and standard deviation of log p under the model's own distribution (Min-K%++).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from harness.batching import IGNORE, encode
+from harness.scoring.text import truncate_at_stop
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    max_new_tokens: int
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LogprobRequest:
+    """Score ``continuation`` given ``prompt`` (an empty prompt scores the whole text)."""
+
+    prompt: str
+    continuation: str
+
+
+@dataclass
+class TokenScores:
+    logprobs: list[float]        # log p of each continuation token
+    greedy_match: list[bool]     # argmax prediction == the token
+    mu: list[float]              # E[log p] under the model's next-token distribution
+    sigma: list[float]           # its standard deviation
+
+
+class HFEngine:
+    """Evaluates one model; ``batch_size`` is the number of sequences per forward pass."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 16, max_length: int = 2048):
+        self.model, self.tokenizer = model, tokenizer
+        self.batch_size, self.max_length = batch_size, max_length
+        self.device = next(model.parameters()).device
+
+    @torch.inference_mode()
+    def generate(self, requests: list[GenerationRequest], progress=None) -> list[str]:
+        tok = self.tokenizer
+        outputs: list[str] = [""] * len(requests)
+        encoded = [tok(r.prompt, add_special_tokens=True)["input_ids"] or [tok.bos_token_id] for r in requests]
+        # Batch only requests with the same settings; inside a group, similar lengths together.
+        order = sorted(range(len(requests)), key=lambda i: (requests[i].max_new_tokens, requests[i].stop, len(encoded[i])))
+        bar = progress(total=len(requests), desc="generate", unit="req") if progress else None
+        start = 0
+        while start < len(order):
+            head = requests[order[start]]
+            group = [order[start]]
+            while (
+                len(group) < self.batch_size
+                and start + len(group) < len(order)
+                and (requests[order[start + len(group)]].max_new_tokens, requests[order[start + len(group)]].stop)
+                == (head.max_new_tokens, head.stop)
+            ):
+                group.append(order[start + len(group)])
+            width = max(len(encoded[i]) for i in group)
+            ids = torch.full((len(group), width), tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for row, i in enumerate(group):  # left padding: every prompt ends at the same column
+                ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
+                mask[row, width - len(encoded[i]) :] = 1
+            generated = self.model.generate(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                max_new_tokens=head.max_new_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+                stop_strings=list(head.stop) or None,
+                tokenizer=tok if head.stop else None,
+            )
+            for row, i in enumerate(group):
+                text = tok.decode(generated[row, width:], skip_special_tokens=True)
+                outputs[i] = truncate_at_stop(text, head.stop) if head.stop else text
+            if bar:
+                bar.update(len(group))
+            start += len(group)
+        if bar:
+            bar.close()
+        return outputs
+
+    @torch.inference_mode()
+    def logprobs(self, requests: list[LogprobRequest], progress=None) -> list[TokenScores]:
+        encoded = [encode(self.tokenizer, r.prompt, r.continuation, self.max_length, add_eos=False) for r in requests]
+        order = sorted(range(len(requests)), key=lambda i: len(encoded[i][0]))
+        results: list[TokenScores | None] = [None] * len(requests)
+        bar = progress(total=len(requests), desc="log-probs", unit="req") if progress else None
+        for start in range(0, len(order), self.batch_size):
+            group = order[start : start + self.batch_size]
+            width = max(len(encoded[i][0]) for i in group)
+            ids = torch.full((len(group), width), self.tokenizer.pad_token_id, dtype=torch.long)
+            labels = torch.full_like(ids, IGNORE)
+            mask = torch.zeros_like(ids)
+            for row, i in enumerate(group):
+                seq, lab = encoded[i]
+                ids[row, : len(seq)], labels[row, : len(lab)], mask[row, : len(seq)] = (
+                    torch.tensor(seq), torch.tensor(lab), 1,
+                )
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            target = labels[:, 1:].to(self.device)
+            scored = target != IGNORE
+            rows = F.log_softmax(logits[:, :-1][scored].float(), dim=-1)  # only the scored positions
+            tokens = target[scored]
+            logp = rows.gather(1, tokens.unsqueeze(1)).squeeze(1)
+            match = rows.argmax(-1) == tokens
+            probs = rows.exp()
+            mu = (probs * rows).sum(-1)
+            sigma = ((probs * rows.square()).sum(-1) - mu.square()).clamp(min=0).sqrt()
+            counts = scored.sum(1).tolist()
+            offset = 0
+            for row, i in enumerate(group):
+                n = counts[row]
+                sl = slice(offset, offset + n)
+                results[i] = TokenScores(
+                    logp[sl].tolist(), match[sl].tolist(), mu[sl].tolist(), sigma[sl].tolist()
+                )
+                offset += n
+            if bar:
+                bar.update(len(group))
+        if bar:
+            bar.close()
+        return results  # type: ignore[return-value]

@@ -1,0 +1,86 @@
+"""Building the target and retain models of a benchmark from a base model (TOFU/MUSE protocol).
+
+The target is the base fine-tuned on forget + retain, the retain model the base fine-tuned on
+retain alone: the retain model is what perfect unlearning would give, so it provides the
+reference rows and per-item references. Both are cached by (base model, benchmark data and
+config, fine-tuning config, seed) and reused by every later run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from harness.losses import answer_ce
+from harness.methods.base import UnlearningMethod
+from harness.models import cache_root, load_model
+from harness.results import slug
+from harness.training import TrainConfig, train
+
+
+class Finetune(UnlearningMethod):
+    """Plain supervised fine-tuning: minimise CE on the given examples."""
+
+    name = "finetune"
+    description = "Supervised fine-tuning (used by prepare)"
+
+    def loss(self, model, batch, ctx):
+        ce = answer_ce(model, batch.forget)
+        return ce, {"ce": ce.item()}
+
+
+def prepared_key(base: str, benchmark, cfg: TrainConfig, seed: int) -> str:
+    blob = json.dumps(
+        {"base": base, "benchmark": benchmark.name, "data": benchmark.data_info(), "finetune": asdict(cfg), "seed": seed},
+        sort_keys=True, default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def prepared_folder(base: str, benchmark, cfg: TrainConfig, seed: int, role: str) -> Path:
+    key = prepared_key(base, benchmark, cfg, seed)
+    return cache_root() / "prepared" / benchmark.name / slug(base) / f"{role}-{key}"
+
+
+def is_ready(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "prepare.json").is_file()
+
+
+def prepare(base: str, benchmark, cfg: TrainConfig, seed: int, device=None, progress=None, force=False, log=print) -> dict[str, Path]:
+    """Return {"target": folder, "retain": folder}, fine-tuning whichever is not cached yet."""
+    folders = {}
+    for role, examples in (
+        ("target", benchmark.forget_train() + (benchmark.retain_train() or [])),
+        ("retain", benchmark.retain_train() or []),
+    ):
+        folder = prepared_folder(base, benchmark, cfg, seed, role)
+        folders[role] = folder
+        if is_ready(folder) and not force:
+            log(f"prepare: reusing cached {role} model {folder}")
+            continue
+        if not examples:
+            raise ValueError(f"benchmark '{benchmark.name}' has no data to fine-tune a {role} model on.")
+        log(f"prepare: fine-tuning the {role} model on {len(examples)} examples ({cfg.epochs} epochs, lr {cfg.lr})")
+        loaded = load_model(base, device)
+        started = time.perf_counter()
+        result = train(loaded.model, loaded.tokenizer, Finetune(), examples, None, cfg, seed, progress)
+        if result.status != "ok":
+            raise RuntimeError(f"fine-tuning the {role} model diverged at step {result.diverged_at_step}; lower finetune.lr.")
+        tmp = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        loaded.model.save_pretrained(tmp, safe_serialization=True)
+        loaded.tokenizer.save_pretrained(tmp)
+        info = {
+            "role": role, "base": base, "base_source": loaded.source, "benchmark": benchmark.name,
+            "data": benchmark.data_info(), "finetune": asdict(cfg), "seed": seed,
+            "examples": len(examples), "steps": result.steps, "final_loss": result.last_finite_loss,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        (tmp / "prepare.json").write_text(json.dumps(info, indent=1, default=str))
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.replace(folder)  # the folder appears complete or not at all
+        log(f"prepare: {role} model saved to {folder} (final loss {result.last_finite_loss:.4f}, {info['seconds']} s)")
+    return folders

@@ -1,0 +1,133 @@
+"""The results store: one JSON record per cell, written atomically, read back with checks.
+
+A cell is (benchmark, model, method, config, seed). Its record lives at
+``<results>/<benchmark>/<model>/<method>/<config_id>-seed<seed>.json``; it is written to a
+temporary file in the same folder, flushed and renamed, so a killed run never leaves a
+half-written record. A record that cannot be parsed is reported by path and re-run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+
+SCHEMA = 1
+FINISHED = ("ok", "diverged")
+
+
+def slug(text: str) -> str:
+    """A file-system-safe name for a model spec or hub id."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip("/").replace("/", "__")) or "model"
+
+
+def config_id(resolved: dict[str, Any]) -> str:
+    blob = json.dumps(resolved, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def record_path(results_dir: Path, benchmark: str, model: str, method: str, cid: str, seed: int) -> Path:
+    return Path(results_dir) / benchmark / slug(model) / method / f"{cid}-seed{seed}.json"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """The record at ``path``; None if absent; HarnessError if corrupt (path in the message)."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HarnessError(f"corrupt result record {path}: {exc}. It will be re-run.") from None
+    if not isinstance(record, dict) or record.get("schema") != SCHEMA or "status" not in record:
+        raise HarnessError(f"corrupt result record {path}: missing schema/status fields. It will be re-run.")
+    return record
+
+
+def finished_record(path: Path, warn=print) -> dict[str, Any] | None:
+    """A finished record to reuse, or None when the cell must (re-)run."""
+    try:
+        record = read_record(path)
+    except HarnessError as exc:
+        warn(f"warning: {exc}")
+        return None
+    return record if record and record["status"] in FINISHED else None
+
+
+def load_records(results_dir: Path, warn=print) -> list[dict[str, Any]]:
+    """Every readable record under ``results_dir`` with its relative ``path``; corrupt ones reported."""
+    records = []
+    root = Path(results_dir)
+    for path in sorted(root.glob("*/*/*/*.json")):
+        try:
+            record = read_record(path)
+        except HarnessError as exc:
+            warn(f"warning: {exc}")
+            continue
+        if record is not None:
+            record["path"] = path.relative_to(root).as_posix()
+            records.append(record)
+    return records
+
+
+def versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("unlearning-harness", "torch", "transformers", "rouge-score", "scikit-learn", "scipy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def ensure_inside(root: Path, path: Path) -> Path:
+    """Refuse paths that escape the results root (e.g. a model name with ../ in it)."""
+    root, resolved = Path(root).resolve(), Path(path).resolve()
+    if resolved != root and root not in resolved.parents:
+        raise HarnessError(f"refusing to write {path}: it lies outside the results directory {root}.")
+    return path

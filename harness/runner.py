@@ -1,0 +1,254 @@
+"""Running a plan: benchmark x methods, reference rows first, one atomic record per cell.
+
+The flow of one run: resolve settings; get the target and retain models (given, or built by
+``prepare``); evaluate the retain model (its scores are the reference for forget quality and
+PrivLeak) and the target; then for each method copy the target, unlearn, evaluate, write the
+record. A finished cell is skipped unless forced; a cell that raises is recorded as failed
+and the run goes on, so one crash never loses the other cells.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness import config as cfgmod
+from harness.config import EvalConfig
+from harness.engine import HFEngine
+from harness.errors import HarnessError
+from harness.evaluation import run_plan
+from harness.models import cache_root, load_model, pick_device
+from harness.prepare import prepare
+from harness.registry import BENCHMARKS, METHODS
+from harness.results import (
+    FINISHED,
+    config_id,
+    ensure_inside,
+    finished_record,
+    git_commit,
+    load_records,
+    record_path,
+    slug,
+    versions,
+    write_record,
+)
+from harness.training import TrainConfig, train
+
+
+@dataclass
+class RunRequest:
+    benchmark: str
+    methods: str = "all"
+    model: str = "smollm2-135m"
+    target: str | None = None
+    retain: str | None = None
+    data_dir: Path | None = None
+    results_dir: Path = Path("results")
+    seed: int = 0
+    limit: int | None = None
+    overrides: dict[str, str] = field(default_factory=dict)
+    force: bool = False
+    save_models: bool = True
+    models_dir: Path | None = None
+    device: str | None = None
+    trust_remote_code: bool = False
+
+
+@dataclass
+class RunSummary:
+    records: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    leaderboard: Path | None = None
+
+
+def resolve_methods(spec: str) -> list[str]:
+    if spec.strip().lower() == "all":
+        return METHODS.names()
+    names = [m.strip().lower() for m in spec.split(",") if m.strip()]
+    if not names:
+        raise HarnessError(f"--methods got no method names; use 'all' or a comma list of: {', '.join(METHODS.names())}.")
+    for name in names:
+        METHODS.get(name)  # raises with the known names
+    return names
+
+
+class Runner:
+    def __init__(self, req: RunRequest, progress=None, log=print):
+        self.req, self.progress, self.log = req, progress, log
+        self.device = pick_device(req.device)
+        self.bench_cls = BENCHMARKS.get(req.benchmark)
+        self.methods = resolve_methods(req.methods)
+        self.method_cls = {m: METHODS.get(m) for m in self.methods}
+        sections = {
+            "train": TrainConfig, "finetune": TrainConfig, "eval": EvalConfig, "benchmark": self.bench_cls.Config,
+            **{m: cls.Config for m, cls in self.method_cls.items()},
+        }
+        self.overrides = cfgmod.normalise_overrides(req.overrides, sections)
+        self.bench = self.bench_cls(cfgmod.build(self.bench_cls.Config, "benchmark", [self.overrides]), req.data_dir, req.limit)
+        self.eval_cfg = cfgmod.build(EvalConfig, "eval", [self.overrides])
+        ft_defaults = {f"finetune.{k}": v for k, v in self.bench_cls.finetune_defaults.items()}
+        self.finetune_cfg = cfgmod.build(TrainConfig, "finetune", [ft_defaults, self.overrides])
+        self.results_dir = Path(req.results_dir)
+        self.model_label = req.model if not (req.target and req.model == RunRequest.model) else req.target
+
+    # --- settings ----------------------------------------------------------------------------
+    def method_configs(self, name: str) -> tuple[TrainConfig, Any]:
+        defaults = self.bench_cls.method_defaults
+        layers = [defaults.get("*", {}), defaults.get(name, {}), self.overrides]
+        return cfgmod.build(TrainConfig, "train", layers), cfgmod.build(self.method_cls[name].Config, name, layers)
+
+    def _base_config(self) -> dict[str, Any]:
+        return {
+            "benchmark": self.bench.name, "benchmark_config": dataclasses.asdict(self.bench.config),
+            "data_fingerprint": self.bench.data_info().get("fingerprint"), "limit": self.req.limit,
+            "model": self.model_label, "target": self.req.target, "retain": self.req.retain,
+            "finetune": None if self.req.target else dataclasses.asdict(self.finetune_cfg),
+            "eval": dataclasses.asdict(self.eval_cfg),
+        }
+
+    # --- the run -----------------------------------------------------------------------------
+    def run(self) -> RunSummary:
+        summary = RunSummary()
+        target_spec, retain_spec = self.reference_models()
+        reference: dict[str, Any] | None = None
+        if retain_spec:
+            rec = self.reference_cell("retain", retain_spec, None, summary)
+            reference = rec.get("reference_values") if rec else None
+        else:
+            self.log("note: no retain model given; forget quality and PrivLeak cannot be computed (pass --retain PATH).")
+        self.reference_cell("target", target_spec, reference, summary)
+        for name in self.methods:
+            self.method_cell(name, target_spec, reference, summary)
+        summary.leaderboard = render_results(self.results_dir)
+        return summary
+
+    def reference_models(self) -> tuple[str, str | None]:
+        if self.req.target:
+            return self.req.target, self.req.retain
+        if not self.bench_cls.needs_prepared_target:
+            return self.req.model, self.req.retain
+        folders = prepare(self.req.model, self.bench, self.finetune_cfg, self.req.seed, self.device, self.progress, log=self.log)
+        return str(folders["target"]), self.req.retain or str(folders["retain"])
+
+    def reference_cell(self, role: str, spec: str, reference, summary: RunSummary) -> dict | None:
+        """Evaluate the target or the retain model; the retain model is its own reference."""
+        resolved = {**self._base_config(), "role": role, "model_spec": spec}
+        label = {"target": "Target", "retain": "Retain"}[role]
+        return self._cell(role, label, "reference", resolved, summary,
+                          lambda: self._evaluate_only(spec, reference, self_reference=role == "retain"))
+
+    def method_cell(self, name: str, target_spec: str, reference, summary: RunSummary) -> dict | None:
+        train_cfg, method_cfg = self.method_configs(name)
+        cls = self.method_cls[name]
+        resolved = {
+            **self._base_config(), "method": name, "method_config": dataclasses.asdict(method_cfg),
+            "train": dataclasses.asdict(train_cfg),
+        }
+        label = cls.label or name
+        settings = f"lr={train_cfg.lr:g}, epochs={train_cfg.epochs}, global_batch={train_cfg.global_batch}" + "".join(
+            f", {k}={v}" for k, v in dataclasses.asdict(method_cfg).items()
+        )
+        if train_cfg.max_steps:
+            settings += f", max_steps={train_cfg.max_steps}"
+        return self._cell(name, label, "method", resolved, summary,
+                          lambda: self._unlearn(cls(method_cfg), train_cfg, target_spec, reference, resolved),
+                          settings)
+
+    def _cell(self, method: str, label: str, kind: str, resolved: dict, summary: RunSummary, work, settings: str = "") -> dict | None:
+        cid = config_id(resolved)
+        path = ensure_inside(self.results_dir, record_path(self.results_dir, self.bench.name, self.model_label, method, cid, self.req.seed))
+        if not self.req.force:
+            done = finished_record(path, self.log)
+            if done is not None:
+                self.log(f"skip {self.bench.name}/{self.model_label}/{method} seed {self.req.seed}: finished record {path}")
+                summary.records.append(done)
+                return done
+        record = {
+            "schema": 1, "benchmark": self.bench.name, "model": self.model_label, "method": method, "row": label,
+            "kind": kind, "seed": self.req.seed, "config_id": cid, "config": resolved,
+            "overrides": self.req.overrides, "settings": settings or "evaluation only",
+            "data": self.bench.data_info(), "versions": versions(), "commit": git_commit(), "device": str(self.device),
+        }
+        started = time.perf_counter()
+        try:
+            record.update(work())
+        except (KeyboardInterrupt, HarnessError):
+            raise
+        except Exception as exc:  # one failing cell must not lose the others
+            record.update({"status": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
+            summary.failed.append(f"{method}: {type(exc).__name__}: {exc}")
+            self.log(f"FAILED {self.bench.name}/{method}: {type(exc).__name__}: {exc} (record: {path})")
+        record.setdefault("timings", {})["total_s"] = round(time.perf_counter() - started, 3)
+        write_record(path, record)
+        summary.records.append(record)
+        if record["status"] in FINISHED:
+            self.log(one_line_summary(record, self.bench_cls.columns, path))
+        self._free()
+        return record
+
+    def _evaluate_only(self, spec: str, reference, self_reference: bool = False) -> dict:
+        loaded = load_model(spec, self.device, self.req.trust_remote_code)
+        out = self._evaluate(loaded, reference, self_reference)
+        out.update({"status": "ok", "model_source": loaded.source, "training": None})
+        return out
+
+    def _unlearn(self, method, train_cfg: TrainConfig, target_spec: str, reference, resolved) -> dict:
+        loaded = load_model(target_spec, self.device, self.req.trust_remote_code)
+        result = train(loaded.model, loaded.tokenizer, method, self.bench.forget_train(), self.bench.retain_train(),
+                       train_cfg, self.req.seed, self.progress)
+        out = self._evaluate(loaded, reference)
+        out.update({"status": result.status, "model_source": loaded.source, "training": result.summary()})
+        out["timings"]["train_s"] = round(result.seconds, 3)
+        if self.req.save_models:
+            folder = (self.req.models_dir or cache_root() / "unlearned") / self.bench.name / slug(self.model_label) / method.name / f"{config_id(resolved)}-seed{self.req.seed}"
+            loaded.model.save_pretrained(folder, safe_serialization=True)
+            loaded.tokenizer.save_pretrained(folder)
+            out["model_path"] = str(folder)
+        return out
+
+    def _evaluate(self, loaded, reference, self_reference: bool = False) -> dict:
+        engine = HFEngine(loaded.model, loaded.tokenizer, self.eval_cfg.batch_size, self.eval_cfg.max_length)
+        started = time.perf_counter()
+        outputs = run_plan(engine, self.bench.eval_plan(), self.progress)
+        scores = self.bench.score(outputs, reference)
+        if self_reference:  # the retain model against itself: forget quality 1, PrivLeak 0 by definition
+            scores = self.bench.score(outputs, scores.reference_values)
+        return {
+            "aggregates": scores.aggregates, "per_sample": scores.per_sample, "missing": scores.missing,
+            "reference_values": scores.reference_values,
+            "timings": {**outputs.timings, "eval_s": round(time.perf_counter() - started, 3)},
+            "eval_counts": outputs.counts,
+        }
+
+    @staticmethod
+    def _free() -> None:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def one_line_summary(record: dict, columns, path: Path) -> str:
+    agg = record.get("aggregates", {})
+    cells = [f"{c.label} {agg[c.key]:.{c.digits}f}" for c in columns if c.key in agg]
+    t = record.get("timings", {})
+    timing = f"train {t['train_s']:.0f} s, " if "train_s" in t else ""
+    status = "" if record["status"] == "ok" else f" [{record['status'].upper()}]"
+    return (f"done {record['benchmark']}/{record['model']}/{record['method']} seed {record['seed']}{status}: "
+            f"{' | '.join(cells)} ({timing}eval {t.get('eval_s', 0):.0f} s) -> {path}")
+
+
+def render_results(results_dir: Path, log=print) -> Path:
+    """Re-render ``<results>/LEADERBOARD.md`` from the stored records alone."""
+    from harness.leaderboard.markdown import write_leaderboard
+
+    records = [r for r in load_records(results_dir, log) if r.get("status") in FINISHED]
+    columns = {name: list(cls.columns) for name, cls in BENCHMARKS.items()}
+    path = Path(results_dir) / "LEADERBOARD.md"
+    write_leaderboard(records, columns, path)
+    return path

@@ -1,0 +1,203 @@
+"""The shared unlearning (and fine-tuning) loop.
+
+AdamW with warm-up and a linear or constant schedule, gradient accumulation to a fixed
+global batch (so results do not depend on how many examples fit in memory), seeded data
+order, per-step loss logging, and a guard that stops a run whose loss is NaN or infinite
+(or beyond ``max_abs_loss``) and reports it as diverged instead of crashing the whole run.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from harness.batching import Example, make_batch
+from harness.errors import HarnessError
+from harness.losses import sequence_logprob
+from harness.methods.base import (
+    NEEDS_REFERENCE_LOGPROBS,
+    NEEDS_REFERENCE_MODEL,
+    NEEDS_RETAIN,
+    MethodBatch,
+    MethodContext,
+    UnlearningMethod,
+)
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-5
+    epochs: int = 5
+    max_steps: int = 0             # > 0 caps the number of optimiser steps (overrides epochs)
+    global_batch: int = 32         # examples per optimiser step, fixed whatever fits in memory
+    micro_batch: int = 8           # examples per forward pass; accumulation makes up the rest
+    warmup_ratio: float = 0.0      # fraction of the steps spent warming up linearly
+    schedule: str = "linear"       # "linear" decay after warm-up, or "constant"
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0     # 0 disables clipping
+    max_length: int = 512          # tokens per example
+    max_abs_loss: float = 0.0      # > 0: a loss beyond this counts as diverged
+
+    def __post_init__(self):
+        if self.schedule not in ("linear", "constant"):
+            raise HarnessError(f"train.schedule must be 'linear' or 'constant', got '{self.schedule}'.")
+        if self.global_batch < 1 or self.micro_batch < 1:
+            raise HarnessError("train.global_batch and train.micro_batch must be at least 1.")
+        if self.epochs < 1 and self.max_steps < 1:
+            raise HarnessError("set train.epochs >= 1 or train.max_steps >= 1.")
+
+
+@dataclass
+class TrainResult:
+    status: str = "ok"                     # "ok" or "diverged"
+    steps: int = 0
+    losses: list[float] = field(default_factory=list)   # one per optimiser step
+    logs: list[dict] = field(default_factory=list)      # method logs, one per step
+    diverged_at_step: int | None = None
+    last_finite_loss: float | None = None
+    seconds: float = 0.0
+    tokens: int = 0
+    reference_forward_passes: int = 0     # forward passes spent on the reference before training
+
+    def summary(self) -> dict:
+        return {
+            "status": self.status,
+            "steps": self.steps,
+            "losses": self.losses,
+            "logs": self.logs,
+            "diverged_at_step": self.diverged_at_step,
+            "last_finite_loss": self.last_finite_loss,
+            "seconds": round(self.seconds, 3),
+            "tokens": self.tokens,
+            "reference_forward_passes": self.reference_forward_passes,
+        }
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def schedule_factor(step: int, total: int, warmup: int, kind: str) -> float:
+    """Learning-rate multiplier: linear warm-up, then linear decay to 0 or constant."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def train(
+    model: torch.nn.Module,
+    tokenizer,
+    method: UnlearningMethod,
+    forget: list[Example],
+    retain: list[Example] | None,
+    cfg: TrainConfig,
+    seed: int,
+    progress=None,
+    add_eos: bool = True,
+) -> TrainResult:
+    """Minimise ``method.loss`` over the forget set (paired with retain items when needed)."""
+    if not forget:
+        raise HarnessError("the forget set is empty: nothing to train on.")
+    needs = method.needs_of()
+    if NEEDS_RETAIN in needs and not retain:
+        raise HarnessError(
+            f"method '{method.name}' needs retain data, but the benchmark provides no retain split. "
+            "Choose a method that uses forget data only (e.g. ga), or supply a retain split."
+        )
+    seed_everything(seed)
+    device = next(model.parameters()).device
+    encode = lambda items: make_batch(tokenizer, items, cfg.max_length, add_eos).to(device)  # noqa: E731
+    result = TrainResult()
+    started = time.perf_counter()
+
+    ctx = MethodContext()
+    if NEEDS_REFERENCE_MODEL in needs:
+        ctx.reference_model = copy.deepcopy(model).eval().requires_grad_(False)
+    if NEEDS_REFERENCE_LOGPROBS in needs:
+        ctx.reference_logprobs, result.reference_forward_passes = _reference_logprobs(
+            model, forget, encode, cfg.micro_batch
+        )
+
+    steps_per_epoch = math.ceil(len(forget) / cfg.global_batch)
+    total = cfg.max_steps if cfg.max_steps > 0 else steps_per_epoch * cfg.epochs
+    epochs = math.ceil(total / steps_per_epoch)
+    warmup = int(round(cfg.warmup_ratio * total))
+    optimiser = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
+    scheduler = LambdaLR(optimiser, lambda s: schedule_factor(s, total, warmup, cfg.schedule))
+    order_rng = torch.Generator().manual_seed(seed)
+    pair_rng = random.Random(seed + 1)
+    model.train()
+    bar = progress(total=total, desc=f"train {method.name}", unit="step") if progress else None
+
+    for epoch in range(epochs):
+        order = torch.randperm(len(forget), generator=order_rng).tolist()
+        for start in range(0, len(order), cfg.global_batch):
+            if result.steps >= total:
+                break
+            chunk = order[start : start + cfg.global_batch]
+            ctx.step, ctx.epoch = result.steps, epoch
+            step_loss, step_logs, finite = 0.0, {}, True
+            optimiser.zero_grad(set_to_none=True)
+            for mb_start in range(0, len(chunk), cfg.micro_batch):
+                idx = chunk[mb_start : mb_start + cfg.micro_batch]
+                batch = MethodBatch(
+                    forget=encode([forget[i] for i in idx]),
+                    forget_index=torch.tensor(idx, device=device),
+                    retain=encode([retain[pair_rng.randrange(len(retain))] for _ in idx]) if retain and NEEDS_RETAIN in needs else None,
+                )
+                loss, logs = method.loss(model, batch, ctx)
+                value = float(loss.detach())
+                if not math.isfinite(value) or (cfg.max_abs_loss > 0 and abs(value) > cfg.max_abs_loss):
+                    finite = False
+                    break
+                weight = len(idx) / len(chunk)
+                (loss * weight).backward()
+                step_loss += value * weight
+                for k, v in logs.items():
+                    step_logs[k] = step_logs.get(k, 0.0) + v * weight
+                result.tokens += int(batch.forget.attention_mask.sum())
+            if not finite:
+                result.status, result.diverged_at_step = "diverged", result.steps
+                optimiser.zero_grad(set_to_none=True)
+                break
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimiser.step()
+            scheduler.step()
+            result.steps += 1
+            result.losses.append(round(step_loss, 6))
+            result.logs.append({k: round(v, 6) for k, v in step_logs.items()})
+            result.last_finite_loss = round(step_loss, 6)
+            if bar:
+                bar.update(1)
+                bar.set_postfix(loss=f"{step_loss:.4f}")
+        if result.status == "diverged" or result.steps >= total:
+            break
+    if bar:
+        bar.close()
+    model.eval()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+@torch.inference_mode()
+def _reference_logprobs(model, forget: list[Example], encode, micro_batch: int) -> tuple[torch.Tensor, int]:
+    """log pi_ref(y|x) of every forget item under the pre-unlearning weights, computed once."""
+    model.eval()
+    values, passes = [], 0
+    for start in range(0, len(forget), micro_batch):
+        values.append(sequence_logprob(model, encode(forget[start : start + micro_batch])).float())
+        passes += 1
+    return torch.cat(values), passes

@@ -1,0 +1,71 @@
+"""Leaderboard columns: which aggregate a column shows, how it is labelled and which way is better."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+#: direction -> the arrow shown in headers and the legend, and what it means.
+DIRECTIONS: dict[str, tuple[str, str]] = {
+    "up": ("↑", "higher is better"),
+    "down": ("↓", "lower is better"),
+    "ref": ("→", "closer to the given value is better"),
+}
+
+FAMILIES: tuple[str, ...] = ("verbatim", "knowledge", "privacy", "utility", "auxiliary")
+
+
+def format_target(value: float) -> str:
+    """A reference target as written in a header: 0.0 -> '0', 0.5 -> '0.5', never '-0'."""
+    text = format(float(value), "g")
+    return "0" if text in ("-0", "0") else text
+
+
+@dataclass(frozen=True)
+class Column:
+    """One metric column of a benchmark's leaderboard table.
+
+    ``key`` names the value in a record's ``aggregates``; ``direction`` says which way is
+    better: ``"up"`` (higher), ``"down"`` (lower) or ``"ref"`` (closer to ``target``).
+    """
+
+    key: str
+    label: str
+    direction: str
+    family: str
+    target: float | None = None
+    digits: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key, str) or not self.key:
+            raise ValueError(f"column key must be a non-empty string, got {self.key!r}")
+        if not isinstance(self.label, str) or not self.label:
+            raise ValueError(f"column '{self.key}': label must be a non-empty string, got {self.label!r}")
+        if self.direction not in DIRECTIONS:
+            raise ValueError(
+                f"column '{self.key}': direction must be one of {', '.join(repr(d) for d in DIRECTIONS)}, "
+                f"got {self.direction!r}"
+            )
+        if self.family not in FAMILIES:
+            raise ValueError(
+                f"column '{self.key}': family must be one of {', '.join(repr(f) for f in FAMILIES)}, "
+                f"got {self.family!r}"
+            )
+        if self.direction == "ref":
+            if self.target is None:
+                raise ValueError(f"column '{self.key}': direction 'ref' needs a target value (e.g. target=0.0)")
+            if isinstance(self.target, bool) or not isinstance(self.target, (int, float)) or not math.isfinite(
+                self.target
+            ):
+                raise ValueError(f"column '{self.key}': target must be a finite number, got {self.target!r}")
+        if isinstance(self.digits, bool) or not isinstance(self.digits, int) or not 0 <= self.digits <= 10:
+            raise ValueError(f"column '{self.key}': digits must be an integer from 0 to 10, got {self.digits!r}")
+
+    @property
+    def arrow(self) -> str:
+        return DIRECTIONS[self.direction][0]
+
+    def header(self) -> str:
+        """Header text: 'VerbMem f ↓', 'KnowMem r ↑', 'PrivLeak → 0'."""
+        if self.direction == "ref":
+            return f"{self.label} {self.arrow} {format_target(self.target)}"  # type: ignore[arg-type]
+        return f"{self.label} {self.arrow}"
