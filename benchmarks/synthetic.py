@@ -108,7 +108,11 @@ class Synthetic(Benchmark):
     # --- training data -------------------------------------------------------------------
     @staticmethod
     def _examples(qa, bios) -> list[Example]:
-        return [Example(qa_prompt(q.question), " " + q.answer, q.id) for q in qa] + [
+        return [
+            Example(qa_prompt(q.question), " " + q.answer, q.id,
+                    perturbed=tuple(" " + p for p in q.perturbed_answers), paraphrased=" " + q.paraphrased_answer)
+            for q in qa
+        ] + [
             Example("", b.text, b.id) for b in bios
         ]
 

@@ -19,6 +19,8 @@ class Example:
     prompt: str
     answer: str
     id: str = ""
+    perturbed: tuple[str, ...] = ()   # wrong answers to the same prompt, where the benchmark has them
+    paraphrased: str = ""             # the same answer reworded, where the benchmark has it
 
 
 @dataclass

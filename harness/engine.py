@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from transformers import StoppingCriteria
 
 from harness.batching import IGNORE, encode
 from harness.scoring.text import truncate_at_stop
@@ -37,6 +38,21 @@ class TokenScores:
     greedy_match: list[bool]     # argmax prediction == the token
     mu: list[float]              # E[log p] under the model's next-token distribution
     sigma: list[float]           # its standard deviation
+
+
+class StopOnStrings(StoppingCriteria):
+    """Stop a row once its *generated* text contains a stop string.
+
+    transformers' own ``stop_strings`` also match across the prompt boundary (a prompt ending
+    in "Answer:" plus a generated ":" matches "::"), which would cut generations short.
+    """
+
+    def __init__(self, tokenizer, stops: tuple[str, ...], prompt_width: int):
+        self.tokenizer, self.stops, self.prompt_width = tokenizer, stops, prompt_width
+
+    def __call__(self, input_ids, scores, **kwargs):
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width :], skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in self.stops) for t in texts], device=input_ids.device)
 
 
 class HFEngine:
@@ -79,8 +95,7 @@ class HFEngine:
                 do_sample=False,
                 pad_token_id=tok.pad_token_id,
                 eos_token_id=tok.eos_token_id,
-                stop_strings=list(head.stop) or None,
-                tokenizer=tok if head.stop else None,
+                stopping_criteria=[StopOnStrings(tok, head.stop, width)] if head.stop else None,
             )
             for row, i in enumerate(group):
                 text = tok.decode(generated[row, width:], skip_special_tokens=True)

@@ -66,7 +66,7 @@ def prepare(base: str, benchmark, cfg: TrainConfig, seed: int, device=None, prog
         log(f"prepare: fine-tuning the {role} model on {len(examples)} examples ({cfg.epochs} epochs, lr {cfg.lr})")
         loaded = load_model(base, device)
         started = time.perf_counter()
-        result = train(loaded.model, loaded.tokenizer, Finetune(), examples, None, cfg, seed, progress)
+        result = train(loaded.model, loaded.tokenizer, Finetune(), examples, None, cfg, seed, progress, log=log)
         if result.status != "ok":
             raise RuntimeError(f"fine-tuning the {role} model diverged at step {result.diverged_at_step}; lower finetune.lr.")
         tmp = folder.with_name(folder.name + ".partial")

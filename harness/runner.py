@@ -82,6 +82,10 @@ class Runner:
     def __init__(self, req: RunRequest, progress=None, log=print):
         self.req, self.progress, self.log = req, progress, log
         self.device = pick_device(req.device)
+        if req.data_dir is not None and not Path(req.data_dir).is_dir():
+            raise HarnessError(
+                f"data directory '{req.data_dir}' does not exist; pass the folder that holds the benchmark's files."
+            )
         self.bench_cls = BENCHMARKS.get(req.benchmark)
         self.methods = resolve_methods(req.methods)
         self.method_cls = {m: METHODS.get(m) for m in self.methods}
@@ -138,7 +142,7 @@ class Runner:
 
     def reference_cell(self, role: str, spec: str, reference, summary: RunSummary) -> dict | None:
         """Evaluate the target or the retain model; the retain model is its own reference."""
-        resolved = {**self._base_config(), "role": role, "model_spec": spec}
+        resolved = {**self._base_config(), "role": role}
         label = {"target": "Target", "retain": "Retain"}[role]
         return self._cell(role, label, "reference", resolved, summary,
                           lambda: self._evaluate_only(spec, reference, self_reference=role == "retain"))
@@ -201,7 +205,7 @@ class Runner:
     def _unlearn(self, method, train_cfg: TrainConfig, target_spec: str, reference, resolved) -> dict:
         loaded = load_model(target_spec, self.device, self.req.trust_remote_code)
         result = train(loaded.model, loaded.tokenizer, method, self.bench.forget_train(), self.bench.retain_train(),
-                       train_cfg, self.req.seed, self.progress)
+                       train_cfg, self.req.seed, self.progress, log=self.log)
         out = self._evaluate(loaded, reference)
         out.update({"status": result.status, "model_source": loaded.source, "training": result.summary()})
         out["timings"]["train_s"] = round(result.seconds, 3)

@@ -43,6 +43,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0     # 0 disables clipping
     max_length: int = 512          # tokens per example
     max_abs_loss: float = 0.0      # > 0: a loss beyond this counts as diverged
+    group_by_length: bool = True   # batch examples of similar length together (less padding)
 
     def __post_init__(self):
         if self.schedule not in ("linear", "constant"):
@@ -104,6 +105,7 @@ def train(
     seed: int,
     progress=None,
     add_eos: bool = True,
+    log=None,
 ) -> TrainResult:
     """Minimise ``method.loss`` over the forget set (paired with retain items when needed)."""
     if not forget:
@@ -120,17 +122,22 @@ def train(
     result = TrainResult()
     started = time.perf_counter()
 
-    ctx = MethodContext()
+    steps_per_epoch = math.ceil(len(forget) / cfg.global_batch)
+    total = cfg.max_steps if cfg.max_steps > 0 else steps_per_epoch * cfg.epochs
+    epochs = math.ceil(total / steps_per_epoch)
+    ctx = MethodContext(
+        epochs=epochs, forget_examples=forget, retain_examples=retain or [], encode=encode,
+        rng=random.Random(seed + 2),
+    )
     if NEEDS_REFERENCE_MODEL in needs:
         ctx.reference_model = copy.deepcopy(model).eval().requires_grad_(False)
     if NEEDS_REFERENCE_LOGPROBS in needs:
         ctx.reference_logprobs, result.reference_forward_passes = _reference_logprobs(
             model, forget, encode, cfg.micro_batch
         )
-
-    steps_per_epoch = math.ceil(len(forget) / cfg.global_batch)
-    total = cfg.max_steps if cfg.max_steps > 0 else steps_per_epoch * cfg.epochs
-    epochs = math.ceil(total / steps_per_epoch)
+    model.eval()
+    with torch.no_grad():  # not inference_mode: these tensors enter autograd graphs later
+        method.before_training(model, ctx)
     warmup = int(round(cfg.warmup_ratio * total))
     optimiser = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
@@ -141,8 +148,9 @@ def train(
     model.train()
     bar = progress(total=total, desc=f"train {method.name}", unit="step") if progress else None
 
+    lengths = [len(e.prompt) + len(e.answer) for e in forget]
     for epoch in range(epochs):
-        order = torch.randperm(len(forget), generator=order_rng).tolist()
+        order = epoch_order(lengths, cfg.global_batch, order_rng, cfg.group_by_length)
         for start in range(0, len(order), cfg.global_batch):
             if result.steps >= total:
                 break
@@ -183,6 +191,8 @@ def train(
             if bar:
                 bar.update(1)
                 bar.set_postfix(loss=f"{step_loss:.4f}")
+        if log and result.losses:
+            log(f"  {method.name} epoch {epoch + 1}/{epochs}: step {result.steps}/{total}, loss {result.losses[-1]:.4f}")
         if result.status == "diverged" or result.steps >= total:
             break
     if bar:
@@ -192,7 +202,22 @@ def train(
     return result
 
 
-@torch.inference_mode()
+def epoch_order(lengths: list[int], global_batch: int, rng: torch.Generator, group_by_length: bool) -> list[int]:
+    """A seeded shuffle; with grouping, each global batch holds examples of similar length.
+
+    Grouping (as in transformers' ``group_by_length``) sorts a shuffled order by length and
+    then shuffles the order of the resulting batches, so padding is small but batch order is
+    still random. It changes which examples share a step, not which are seen per epoch.
+    """
+    order = torch.randperm(len(lengths), generator=rng).tolist()
+    if not group_by_length:
+        return order
+    order.sort(key=lambda i: lengths[i])
+    batches = [order[i : i + global_batch] for i in range(0, len(order), global_batch)]
+    return [i for b in torch.randperm(len(batches), generator=rng).tolist() for i in batches[b]]
+
+
+@torch.no_grad()
 def _reference_logprobs(model, forget: list[Example], encode, micro_batch: int) -> tuple[torch.Tensor, int]:
     """log pi_ref(y|x) of every forget item under the pre-unlearning weights, computed once."""
     model.eval()

@@ -6,11 +6,12 @@ divergence guard; a method only says how to turn one batch into a loss to minimi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+import random
+from typing import Any, Callable, ClassVar
 
 import torch
 
-from harness.batching import TokenBatch
+from harness.batching import Example, TokenBatch
 
 # What a method can ask the loop for.
 NEEDS_RETAIN = "retain"                      # a retain batch paired with each forget batch
@@ -27,12 +28,22 @@ class MethodBatch:
 
 @dataclass
 class MethodContext:
-    """What the loop hands a method besides the batch."""
+    """What the loop hands a method besides the batch.
+
+    ``encode`` turns examples into a TokenBatch on the model's device; ``rng`` is seeded by
+    the run, so methods that sample (template answers, normal samples) stay reproducible.
+    ``extras`` is the method's own store for quantities it computes in ``before_training``.
+    """
 
     reference_model: torch.nn.Module | None = None
     reference_logprobs: torch.Tensor | None = None   # [N_forget], filled once before training
     step: int = 0
     epoch: int = 0
+    epochs: int = 1
+    forget_examples: list[Example] = field(default_factory=list)
+    retain_examples: list[Example] = field(default_factory=list)
+    encode: Callable[[list[Example]], TokenBatch] | None = None
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -54,6 +65,9 @@ class UnlearningMethod:
 
     def loss(self, model, batch: MethodBatch, ctx: MethodContext) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
+
+    def before_training(self, model, ctx: MethodContext) -> None:
+        """Compute fixed reference quantities once, with the pre-unlearning weights (no grad)."""
 
     def needs_of(self) -> frozenset[str]:
         """Needs can depend on the config (GradDiff's KL variant needs a reference model)."""

@@ -1,0 +1,145 @@
+"""The CLI end to end on the tiny model: run, resume, re-render, list, and bad input messages."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+QUICK = ["--benchmark", "synthetic", "--model", "tiny-random", "--limit", "3",
+         "--set", "finetune.epochs=2", "--set", "train.epochs=1", "--no-save-models"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    code = main(["run", "--methods", "all", "--results-dir", str(results), *QUICK])
+    return code, results
+
+
+def test_run_writes_a_record_per_cell_and_the_leaderboard(finished_run):
+    code, results = finished_run
+    assert code == 0
+    methods = sorted(p.parent.name for p in results.glob("synthetic/tiny-random/*/*.json"))
+    assert methods == ["ga", "graddiff", "retain", "target"]
+    record = json.loads(next(results.glob("synthetic/tiny-random/ga/*.json")).read_text())
+    assert record["status"] == "ok" and record["kind"] == "method" and record["seed"] == 0
+    assert record["config"]["train"]["epochs"] == 1
+    assert record["training"]["steps"] >= 1 and len(record["training"]["losses"]) == record["training"]["steps"]
+    assert {"verbmem_f", "rouge_f", "prob_f", "forget_quality", "privleak", "rouge_r", "model_utility"} <= set(record["aggregates"])
+    assert record["per_sample"]["qa_forget"][0]["generation"] is not None
+    assert record["versions"]["torch"]
+    board = (results / "LEADERBOARD.md").read_text()
+    assert "[Target](synthetic/tiny-random/target/" in board and "[GA](synthetic/tiny-random/ga/" in board
+    assert board.index("[Target]") < board.index("[Retain]") < board.index("[GA]") < board.index("[GradDiff]")
+
+
+def test_retain_row_is_its_own_reference(finished_run):
+    _, results = finished_run
+    retain = json.loads(next(results.glob("synthetic/tiny-random/retain/*.json")).read_text())
+    assert retain["aggregates"]["forget_quality"] == 1.0
+    assert retain["aggregates"]["privleak"] == 0.0
+
+
+def test_second_run_skips_finished_cells_and_force_reruns(finished_run, capsys):
+    _, results = finished_run
+    before = {p: p.stat().st_mtime_ns for p in results.glob("synthetic/**/*.json")}
+    assert main(["run", "--methods", "ga", "--results-dir", str(results), *QUICK]) == 0
+    out = capsys.readouterr().out
+    assert out.count("skip synthetic/tiny-random/") == 3  # retain, target, ga
+    assert {p: p.stat().st_mtime_ns for p in results.glob("synthetic/**/*.json")} == before
+
+
+def test_corrupt_record_is_reported_and_rerun(finished_run, capsys):
+    _, results = finished_run
+    path = next(results.glob("synthetic/tiny-random/ga/*.json"))
+    path.write_text('{"schema": 1, "status": "ok", "aggre')
+    assert main(["run", "--methods", "ga", "--results-dir", str(results), *QUICK]) == 0
+    out = capsys.readouterr().out
+    assert f"corrupt result record {path}" in out
+    assert json.loads(path.read_text())["status"] == "ok"
+
+
+def test_leaderboard_regenerates_byte_for_byte(finished_run):
+    _, results = finished_run
+    board = results / "LEADERBOARD.md"
+    original = board.read_bytes()
+    board.unlink()
+    assert main(["leaderboard", "--results-dir", str(results)]) == 0
+    assert board.read_bytes() == original
+
+
+def test_readme_plugin_example_runs_and_is_shown_verbatim(finished_run, tmp_path):
+    _, results = finished_run
+    example = (REPO / "examples" / "plugin_method.py").read_text()
+    assert example.strip() in (REPO / "README.md").read_text()
+    out = tmp_path / "results"
+    shutil.copytree(results, out)
+    assert main(["run", "--plugin", str(REPO / "examples" / "plugin_method.py"), "--methods", "ga_clipped",
+                 "--results-dir", str(out), *QUICK]) == 0
+    record = json.loads(next(out.glob("synthetic/tiny-random/ga_clipped/*.json")).read_text())
+    assert record["config"]["method_config"] == {"ceiling": 15.0}
+    assert record["training"]["logs"][0]["forget_ce"] > 0
+
+
+def test_broken_plugin_is_reported_and_the_rest_still_work(tmp_path, capsys):
+    broken = tmp_path / "broken_plugin.py"
+    broken.write_text("raise RuntimeError('plugin exploded on import')\n")
+    assert main(["list", "methods", "--plugin", str(broken)]) == 0
+    captured = capsys.readouterr()
+    assert f"plugin file {broken} failed to load and was skipped: RuntimeError: plugin exploded on import" in captured.err
+    assert "graddiff" in captured.out and "ga " in captured.out
+
+
+def test_list_verbs(capsys):
+    assert main(["list", "benchmarks"]) == 0
+    assert "synthetic" in capsys.readouterr().out
+    assert main(["list", "metrics"]) == 0
+    out = capsys.readouterr().out
+    assert "rouge_l_recall" in out and "min_k_score" in out and "privacy" in out
+
+
+def error_of(argv, capsys) -> str:
+    assert main(argv) == 2
+    return capsys.readouterr().err.strip()
+
+
+def test_unknown_method_lists_known_ones(capsys, tmp_path):
+    err = error_of(["run", "--methods", "gaa", "--results-dir", str(tmp_path), *QUICK], capsys)
+    assert err == "error: unknown method 'gaa'. Did you mean: ga? Known methods: ga, graddiff."
+
+
+def test_unknown_benchmark_lists_known_ones(capsys, tmp_path):
+    err = error_of(["run", "--benchmark", "synthetc", "--model", "tiny-random", "--results-dir", str(tmp_path)], capsys)
+    assert err == "error: unknown benchmark 'synthetc'. Did you mean: synthetic? Known benchmarks: synthetic."
+
+
+def test_unknown_set_key_lists_valid_keys(capsys, tmp_path):
+    err = error_of(["run", "--results-dir", str(tmp_path), *QUICK, "--set", "train.lrate=1"], capsys)
+    assert err.startswith("error: unknown --set key 'train.lrate'. Did you mean: train.lr")
+    assert "Valid keys: " in err and "graddiff.alpha" in err and "benchmark.num_forget" in err
+
+
+def test_ill_typed_set_value(capsys, tmp_path):
+    err = error_of(["run", "--results-dir", str(tmp_path), *QUICK, "--set", "train.epochs=two"], capsys)
+    assert err == "error: --set train.epochs=two: expected int, got 'two'."
+
+
+def test_missing_model_path(capsys, tmp_path):
+    err = error_of(["eval", "--benchmark", "synthetic", "--model", str(tmp_path / "nope"), "--results-dir", str(tmp_path)], capsys)
+    assert err == (f"error: model path '{tmp_path / 'nope'}' does not exist. Pass an existing folder, a hub id (online), "
+                   "or one of the built-in aliases: smollm2-135m, tiny-random.")
+
+
+def test_missing_data_dir(capsys, tmp_path):
+    err = error_of(["run", "--data-dir", str(tmp_path / "absent"), "--results-dir", str(tmp_path), *QUICK], capsys)
+    assert err == f"error: data directory '{tmp_path / 'absent'}' does not exist; pass the folder that holds the benchmark's files."
+
+
+def test_hub_id_while_offline(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    err = error_of(["eval", "--benchmark", "synthetic", "--model", "no-such-org/no-such-model", "--results-dir", str(tmp_path)], capsys)
+    assert err.startswith("error: could not load model 'no-such-org/no-such-model': it is not a local folder")
+    assert "Offline, download it on a connected machine and pass the local folder instead." in err

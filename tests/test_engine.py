@@ -1,0 +1,58 @@
+"""The HF engine: batched results equal one-at-a-time results; log-probs equal direct sums."""
+import torch
+import torch.nn.functional as F
+
+from harness.engine import GenerationRequest, HFEngine, LogprobRequest
+from harness.evaluation import EvalPlan, run_plan
+
+PROMPTS = ["Question: a?\nAnswer:", "Hi", "A much longer prompt that needs left padding in a batch:"]
+
+
+def test_batched_generation_equals_single_generation(tiny):
+    model, tok = tiny
+    requests = [GenerationRequest(p, 12) for p in PROMPTS]
+    batched = HFEngine(model, tok, batch_size=8).generate(requests)
+    single = [HFEngine(model, tok, batch_size=1).generate([r])[0] for r in requests]
+    assert batched == single
+    assert all(isinstance(t, str) and t for t in batched)
+
+
+def test_generation_is_cut_at_stop_strings(tiny):
+    model, tok = tiny
+    free = HFEngine(model, tok).generate([GenerationRequest(PROMPTS[0], 20)])[0]
+    stop = free[3:5] if len(free) >= 5 else free[-1:]
+    cut = HFEngine(model, tok).generate([GenerationRequest(PROMPTS[0], 20, (stop,))])[0]
+    assert cut == free[: free.index(stop)]
+
+
+def test_logprobs_match_direct_computation(tiny):
+    model, tok = tiny
+    req = LogprobRequest("Question: who?\nAnswer:", " Zorb")
+    other = LogprobRequest("", "an unconditioned text of some length")
+    scores = HFEngine(model, tok, batch_size=2).logprobs([req, other])
+    p = tok(req.prompt)["input_ids"]
+    a = tok(req.continuation, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = F.log_softmax(model(input_ids=torch.tensor([p + a])).logits[0].float(), -1)
+    expected = [logp[len(p) + j - 1, t].item() for j, t in enumerate(a)]
+    assert len(scores[0].logprobs) == len(a)
+    assert max(abs(x - y) for x, y in zip(scores[0].logprobs, expected)) < 1e-4
+    rows = logp[len(p) - 1 : len(p) + len(a) - 1]
+    assert scores[0].greedy_match == [rows[j].argmax().item() == t for j, t in enumerate(a)]
+    mu = (rows.exp() * rows).sum(-1)
+    assert max(abs(x - y) for x, y in zip(scores[0].mu, mu.tolist())) < 1e-4
+    # An empty prompt is conditioned on BOS, so every text token is scored.
+    assert len(scores[1].logprobs) == len(tok(other.continuation, add_special_tokens=False)["input_ids"])
+
+
+def test_plan_runs_each_unique_request_once(tiny):
+    model, tok = tiny
+    engine = HFEngine(model, tok)
+    calls = []
+    original = engine.logprobs
+    engine.logprobs = lambda reqs, progress=None: calls.append(len(reqs)) or original(reqs)
+    same = LogprobRequest("Q:", " A")
+    plan = EvalPlan(logprobs={"prob": [same], "es": [same, LogprobRequest("Q:", " B")]})
+    out = run_plan(engine, plan)
+    assert calls == [2]
+    assert out.logprobs["prob"][0].logprobs == out.logprobs["es"][0].logprobs

@@ -1,0 +1,112 @@
+"""The loop: a tiny model really learns and really unlearns; accumulation, schedule, guard."""
+import copy
+import math
+
+import pytest
+import torch
+
+from harness.batching import Example, make_batch
+from harness.errors import HarnessError
+from harness.losses import answer_ce
+from harness.methods.base import UnlearningMethod
+from harness.methods.ga import GradientAscent
+from harness.methods.graddiff import GradDiff
+from harness.prepare import Finetune
+from harness.training import TrainConfig, schedule_factor, train
+
+FACTS = [Example(f"Q{i}:", f" fact number {i} is {w}") for i, w in enumerate(["zorb", "quix", "mavel", "tonk"])]
+OTHER = [Example(f"R{i}:", f" other {w}") for i, w in enumerate(["alpha", "beta", "gamma", "delta"])]
+
+
+def ce(model, tok, examples):
+    with torch.no_grad():
+        return answer_ce(model, make_batch(tok, examples)).item()
+
+
+def test_tiny_model_learns_then_unlearns(tiny):
+    model, tok = tiny
+    before = ce(model, tok, FACTS)
+    cfg = TrainConfig(lr=3e-3, epochs=30, global_batch=4, micro_batch=4, weight_decay=0.0)
+    result = train(model, tok, Finetune(), FACTS, None, cfg, seed=0)
+    learned = ce(model, tok, FACTS)
+    assert result.status == "ok" and result.steps == 30
+    assert learned < 0.5 * before, (before, learned)
+    assert result.losses[-1] < result.losses[0]
+
+    ga = train(model, tok, GradientAscent(), FACTS, None, TrainConfig(lr=3e-3, epochs=5, global_batch=4), seed=0)
+    assert ga.status == "ok"
+    assert ce(model, tok, FACTS) > learned + 1.0
+
+
+def test_graddiff_keeps_retain_better_than_ga(tiny):
+    model, tok = tiny
+    train(model, tok, Finetune(), FACTS + OTHER, None, TrainConfig(lr=3e-3, epochs=30, global_batch=8, weight_decay=0), seed=0)
+    cfg = TrainConfig(lr=1e-3, epochs=6, global_batch=4, weight_decay=0)
+    ga_model, gd_model = copy.deepcopy(model), copy.deepcopy(model)
+    train(ga_model, tok, GradientAscent(), FACTS, None, cfg, seed=0)
+    train(gd_model, tok, GradDiff(), FACTS, OTHER, cfg, seed=0)
+    assert ce(gd_model, tok, OTHER) < ce(ga_model, tok, OTHER)
+    assert ce(gd_model, tok, FACTS) > ce(model, tok, FACTS)
+
+
+def test_accumulation_gives_the_same_step_as_one_big_batch(tiny):
+    model, tok = tiny
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    # Equal-length answers so the per-micro-batch token means equal the global mean.
+    same_len = [Example(f"Q{i}:", f" word{i}") for i in range(4)]
+    train(a, tok, Finetune(), same_len, None, TrainConfig(lr=1e-3, max_steps=1, global_batch=4, micro_batch=4), seed=0)
+    train(b, tok, Finetune(), same_len, None, TrainConfig(lr=1e-3, max_steps=1, global_batch=4, micro_batch=1), seed=0)
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.allclose(pa, pb, atol=1e-5), name
+
+
+def test_same_seed_same_weights(tiny):
+    model, tok = tiny
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    cfg = TrainConfig(lr=1e-3, epochs=2, global_batch=2)
+    train(a, tok, GradDiff(), FACTS, OTHER, cfg, seed=3)
+    train(b, tok, GradDiff(), FACTS, OTHER, cfg, seed=3)
+    assert all(torch.equal(pa, pb) for pa, pb in zip(a.parameters(), b.parameters()))
+
+
+class ExplodesAtStepTwo(UnlearningMethod):
+    name = "explodes"
+    description = "test method whose loss becomes NaN at step 2"
+
+    def loss(self, model, batch, ctx):
+        loss = answer_ce(model, batch.forget)
+        return (loss * float("nan") if ctx.step == 2 else loss), {}
+
+
+def test_divergence_guard_stops_and_reports(tiny):
+    model, tok = tiny
+    result = train(model, tok, ExplodesAtStepTwo(), FACTS, None, TrainConfig(lr=1e-3, epochs=10, global_batch=2), seed=0)
+    assert result.status == "diverged"
+    assert result.diverged_at_step == 2 and result.steps == 2
+    assert result.last_finite_loss == result.losses[-1] and math.isfinite(result.last_finite_loss)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_exploding_loss_threshold_counts_as_divergence(tiny):
+    model, tok = tiny
+    cfg = TrainConfig(lr=1e-3, epochs=3, global_batch=4, max_abs_loss=1e-3)
+    assert train(model, tok, Finetune(), FACTS, None, cfg, seed=0).status == "diverged"
+
+
+def test_schedule_warmup_then_linear_decay_or_constant():
+    assert schedule_factor(0, 10, 2, "linear") == 0.5
+    assert schedule_factor(1, 10, 2, "linear") == 1.0
+    assert schedule_factor(2, 10, 2, "linear") == 1.0
+    assert schedule_factor(6, 10, 2, "linear") == 0.5
+    assert schedule_factor(7, 10, 0, "constant") == 1.0
+
+
+def test_retain_needing_method_without_retain_data_is_a_clear_error(tiny):
+    model, tok = tiny
+    with pytest.raises(HarnessError, match="method 'graddiff' needs retain data"):
+        train(model, tok, GradDiff(), FACTS, None, TrainConfig(), seed=0)
+
+
+def test_bad_schedule_name_is_rejected():
+    with pytest.raises(HarnessError, match="train.schedule must be 'linear' or 'constant'"):
+        TrainConfig(schedule="cosine")
