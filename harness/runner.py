@@ -243,8 +243,11 @@ def one_line_summary(record: dict, columns, path: Path) -> str:
     t = record.get("timings", {})
     timing = f"train {t['train_s']:.0f} s, " if "train_s" in t else ""
     status = "" if record["status"] == "ok" else f" [{record['status'].upper()}]"
-    return (f"done {record['benchmark']}/{record['model']}/{record['method']} seed {record['seed']}{status}: "
+    line = (f"done {record['benchmark']}/{record['model']}/{record['method']} seed {record['seed']}{status}: "
             f"{' | '.join(cells)} ({timing}eval {t.get('eval_s', 0):.0f} s) -> {path}")
+    for metric, why in record.get("missing", {}).items():
+        line += f"\n  not computed: {metric}: {why}"
+    return line
 
 
 def render_results(results_dir: Path, log=print) -> Path:

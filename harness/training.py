@@ -138,6 +138,7 @@ def train(
     model.eval()
     with torch.no_grad():  # not inference_mode: these tensors enter autograd graphs later
         method.before_training(model, ctx)
+    result.reference_forward_passes += int(ctx.extras.get("reference_forward_passes", 0))
     warmup = int(round(cfg.warmup_ratio * total))
     optimiser = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay

@@ -21,6 +21,17 @@ def data_root() -> Path:
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny models run far faster on one thread than on two contended ones."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
     """Prepared and converted models go to a per-session temporary cache, never ~/.cache."""
     previous = os.environ.get("HARNESS_CACHE")

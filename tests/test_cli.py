@@ -143,3 +143,31 @@ def test_hub_id_while_offline(capsys, tmp_path, monkeypatch):
     err = error_of(["eval", "--benchmark", "synthetic", "--model", "no-such-org/no-such-model", "--results-dir", str(tmp_path)], capsys)
     assert err.startswith("error: could not load model 'no-such-org/no-such-model': it is not a local folder")
     assert "Offline, download it on a connected machine and pass the local folder instead." in err
+
+
+def test_eval_scores_a_given_model_against_a_given_retain_model(finished_run, tmp_path, capsys):
+    import os
+
+    prepared = Path(os.environ["HARNESS_CACHE"]) / "prepared" / "synthetic" / "tiny-random"
+    target = next(prepared.glob("target-*"))
+    retain = next(prepared.glob("retain-*"))
+    out = tmp_path / "eval-results"
+    assert main(["eval", "--benchmark", "synthetic", "--model", str(target), "--retain", str(retain),
+                 "--limit", "3", "--results-dir", str(out)]) == 0
+    records = {p.parent.name: json.loads(p.read_text()) for p in out.glob("synthetic/*/*/*.json")}
+    assert set(records) == {"target", "retain"}
+    assert records["retain"]["aggregates"]["privleak"] == 0.0
+    assert "privleak" in records["target"]["aggregates"] and "forget_quality" in records["target"]["aggregates"]
+
+
+def test_eval_without_retain_names_the_metrics_it_cannot_compute(finished_run, tmp_path):
+    import os
+
+    prepared = Path(os.environ["HARNESS_CACHE"]) / "prepared" / "synthetic" / "tiny-random"
+    target = next(prepared.glob("target-*"))
+    out = tmp_path / "eval-results"
+    assert main(["eval", "--benchmark", "synthetic", "--model", str(target), "--limit", "3", "--results-dir", str(out)]) == 0
+    record = json.loads(next(out.glob("synthetic/*/target/*.json")).read_text())
+    assert "privleak" not in record["aggregates"]
+    assert record["missing"]["privleak"].startswith("needs the retain model's Min-K% AUC")
+    assert record["missing"]["forget_quality"].startswith("needs the retain model's per-item forget truth ratios")
