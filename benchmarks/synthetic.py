@@ -46,14 +46,15 @@ def qa_prompt(question: str) -> str:
 
 @dataclass
 class SyntheticConfig:
-    num_forget: int = 5
-    num_retain: int = 10
-    num_holdout: int = 5
+    num_forget: int = 4
+    num_retain: int = 8
+    num_holdout: int = 4
     qa_per_person: int = 4
     data_seed: int = 0               # the data is fixed by this, not by the run's seed
+    utility_items: int = 12          # retain QA items scored for utility (0 = all); all are trained on
     min_k: float = 0.4               # Min-K% fraction (MUSE uses 0.4)
     answer_tokens: int = 24          # greedy budget for QA answers
-    continuation_tokens: int = 48    # greedy budget for biography continuations
+    continuation_tokens: int = 56    # greedy budget for biography continuations
 
 
 @register_benchmark()
@@ -72,11 +73,13 @@ class Synthetic(Benchmark):
         Column("prob_r", "Prob r", "up", "utility", digits=3),
         Column("model_utility", "Utility", "up", "utility", digits=3),
     ]
-    # Chosen on this benchmark with SmolLM2-135M so that the target memorises the forget set
-    # (see README); they are ours, not from a paper.
-    finetune_defaults = {"lr": 3e-4, "epochs": 8, "global_batch": 8, "micro_batch": 8, "warmup_ratio": 0.1}
+    # Our own settings for this benchmark, not from a paper: chosen with SmolLM2-135M on a
+    # 2-core CPU so that the target memorises the forget people (final loss < 0.1) and the
+    # whole default run (prepare + all methods) finishes within about 20 minutes.
+    finetune_defaults = {"lr": 4e-4, "epochs": 6, "global_batch": 8, "micro_batch": 8, "warmup_ratio": 0.1}
     method_defaults = {
-        "*": {"train.lr": 2e-5, "train.epochs": 5, "train.global_batch": 8, "train.micro_batch": 8},
+        "*": {"train.lr": 1e-4, "train.epochs": 2, "train.global_batch": 8, "train.micro_batch": 8},
+        "sga": {"sga.K": 3},
     }
 
     def __init__(self, config=None, data_dir=None, limit=None):
@@ -88,6 +91,7 @@ class Synthetic(Benchmark):
             raise HarnessError(f"benchmark 'synthetic': {exc}") from None
         s = self.splits
         self.forget_qa, self.retain_qa, self.holdout_qa = (self._cut(x) for x in (s.forget_qa, s.retain_qa, s.holdout_qa))
+        self.utility_qa = self.retain_qa[: c.utility_items] if c.utility_items else self.retain_qa
         self.forget_bio, self.retain_bio, self.holdout_bio = (
             self._cut(x) for x in (s.forget_passages, s.retain_passages, s.holdout_passages)
         )
@@ -101,6 +105,7 @@ class Synthetic(Benchmark):
             "limit": self.limit,
             "sizes": {
                 "forget_qa": len(self.forget_qa), "retain_qa": len(self.retain_qa), "holdout_qa": len(self.holdout_qa),
+                "utility_qa": len(self.utility_qa),
                 "forget_bio": len(self.forget_bio), "retain_bio": len(self.retain_bio), "holdout_bio": len(self.holdout_bio),
             },
         }
@@ -138,11 +143,11 @@ class Synthetic(Benchmark):
         answer = lambda q: GenerationRequest(qa_prompt(q.question), c.answer_tokens, QA_STOPS)  # noqa: E731
         plan = EvalPlan()
         plan.generations["qa_forget"] = [answer(q) for q in self.forget_qa]
-        plan.generations["qa_retain"] = [answer(q) for q in self.retain_qa]
+        plan.generations["qa_retain"] = [answer(q) for q in self.utility_qa]
         plan.generations["bio_forget"] = [
             GenerationRequest(self._split_bio(b.text)[0], c.continuation_tokens, ("\n",)) for b in self.forget_bio
         ]
-        for split, qa in (("forget", self.forget_qa), ("retain", self.retain_qa)):
+        for split, qa in (("forget", self.forget_qa), ("retain", self.utility_qa)):
             plan.logprobs[f"answer_{split}"] = [LogprobRequest(qa_prompt(q.question), " " + q.answer) for q in qa]
             plan.logprobs[f"para_{split}"] = [LogprobRequest(qa_prompt(q.question), " " + q.paraphrased_answer) for q in qa]
             plan.logprobs[f"pert_{split}"] = [
@@ -170,7 +175,7 @@ class Synthetic(Benchmark):
             agg["verbmem_f"] = 100 * fmean(r["rouge_l_f1"] for r in rows)
 
         # Knowledge (forget) and utility (retain): ROUGE-L recall, probability, truth ratio.
-        for split, qa, tag in (("forget", self.forget_qa, "f"), ("retain", self.retain_qa, "r")):
+        for split, qa, tag in (("forget", self.forget_qa, "f"), ("retain", self.utility_qa, "r")):
             m = len(qa[0].perturbed_answers) if qa else 0
             rows = []
             for i, q in enumerate(qa):

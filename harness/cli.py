@@ -95,7 +95,7 @@ def load_plugins(files: list[str]) -> None:
     load_builtins()
     for f in files:
         load_plugin_file(f)
-    for label, reason in PLUGINS.failed.items():
+    for label, reason in PLUGINS.unreported_failures().items():
         print(f"warning: {label} failed to load and was skipped: {reason}", file=sys.stderr)
 
 

@@ -20,7 +20,7 @@ from harness.training import TrainConfig
 
 @dataclass
 class EvalConfig:
-    batch_size: int = 16        # sequences per forward pass in the evaluation engine
+    batch_size: int = 32        # sequences per forward pass in the evaluation engine
     max_length: int = 2048      # tokens per scored text
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from transformers import StoppingCriteria
 
 from harness.batching import IGNORE, encode
+from harness.errors import HarnessError
 from harness.scoring.text import truncate_at_stop
 
 
@@ -55,6 +56,11 @@ class StopOnStrings(StoppingCriteria):
         return torch.tensor([any(s in t for s in self.stops) for t in texts], device=input_ids.device)
 
 
+def _is_oom(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
 class HFEngine:
     """Evaluates one model; ``batch_size`` is the number of sequences per forward pass."""
 
@@ -62,6 +68,31 @@ class HFEngine:
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.max_length = batch_size, max_length
         self.device = next(model.parameters()).device
+        self.oom_retries = 0   # how often a batch was halved after running out of memory
+
+    def _score_group(self, encoded: list[tuple[list[int], list[int]]]) -> list[TokenScores]:
+        width = max(len(seq) for seq, _ in encoded)
+        ids = torch.full((len(encoded), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        labels = torch.full_like(ids, IGNORE)
+        mask = torch.zeros_like(ids)
+        for row, (seq, lab) in enumerate(encoded):
+            ids[row, : len(seq)], labels[row, : len(lab)], mask[row, : len(seq)] = torch.tensor(seq), torch.tensor(lab), 1
+        logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+        target = labels[:, 1:].to(self.device)
+        scored = target != IGNORE
+        rows = F.log_softmax(logits[:, :-1][scored].float(), dim=-1)  # only the scored positions
+        tokens = target[scored]
+        logp = rows.gather(1, tokens.unsqueeze(1)).squeeze(1)
+        match = rows.argmax(-1) == tokens
+        probs = rows.exp()
+        mu = (probs * rows).sum(-1)
+        sigma = ((probs * rows.square()).sum(-1) - mu.square()).clamp(min=0).sqrt()
+        out, offset = [], 0
+        for n in scored.sum(1).tolist():
+            sl = slice(offset, offset + n)
+            out.append(TokenScores(logp[sl].tolist(), match[sl].tolist(), mu[sl].tolist(), sigma[sl].tolist()))
+            offset += n
+        return out
 
     @torch.inference_mode()
     def generate(self, requests: list[GenerationRequest], progress=None) -> list[str]:
@@ -82,24 +113,11 @@ class HFEngine:
                 == (head.max_new_tokens, head.stop)
             ):
                 group.append(order[start + len(group)])
-            width = max(len(encoded[i]) for i in group)
-            ids = torch.full((len(group), width), tok.pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, i in enumerate(group):  # left padding: every prompt ends at the same column
-                ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
-                mask[row, width - len(encoded[i]) :] = 1
-            generated = self.model.generate(
-                input_ids=ids.to(self.device),
-                attention_mask=mask.to(self.device),
-                max_new_tokens=head.max_new_tokens,
-                do_sample=False,
-                pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id,
-                stopping_criteria=[StopOnStrings(tok, head.stop, width)] if head.stop else None,
-            )
-            for row, i in enumerate(group):
-                text = tok.decode(generated[row, width:], skip_special_tokens=True)
-                outputs[i] = truncate_at_stop(text, head.stop) if head.stop else text
+            texts = self._shrinking_on_oom(lambda: self._generate_group([encoded[i] for i in group], head), len(group))
+            if texts is None:
+                continue  # out of memory: retry the same requests in a smaller batch
+            for i, text in zip(group, texts):
+                outputs[i] = text
             if bar:
                 bar.update(len(group))
             start += len(group)
@@ -107,44 +125,61 @@ class HFEngine:
             bar.close()
         return outputs
 
+    def _generate_group(self, prompts: list[list[int]], head: GenerationRequest) -> list[str]:
+        tok = self.tokenizer
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, p in enumerate(prompts):  # left padding: every prompt ends at the same column
+            ids[row, width - len(p) :] = torch.tensor(p)
+            mask[row, width - len(p) :] = 1
+        generated = self.model.generate(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            max_new_tokens=head.max_new_tokens,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            stopping_criteria=[StopOnStrings(tok, head.stop, width)] if head.stop else None,
+        )
+        texts = tok.batch_decode(generated[:, width:], skip_special_tokens=True)
+        return [truncate_at_stop(t, head.stop) if head.stop else t for t in texts]
+
+    def _shrinking_on_oom(self, work, size: int):
+        """Run ``work``; on out-of-memory halve the batch size and return None (the caller retries)."""
+        try:
+            return work()
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+            if not _is_oom(exc):
+                raise
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if size <= 1:
+                raise HarnessError(
+                    "out of memory during evaluation even with batch size 1: lower eval.max_length, "
+                    "use a smaller model, or a device with more memory."
+                ) from None
+            self.batch_size = max(1, self.batch_size // 2)
+            self.oom_retries += 1
+            return None
+
     @torch.inference_mode()
     def logprobs(self, requests: list[LogprobRequest], progress=None) -> list[TokenScores]:
         encoded = [encode(self.tokenizer, r.prompt, r.continuation, self.max_length, add_eos=False) for r in requests]
         order = sorted(range(len(requests)), key=lambda i: len(encoded[i][0]))
         results: list[TokenScores | None] = [None] * len(requests)
         bar = progress(total=len(requests), desc="log-probs", unit="req") if progress else None
-        for start in range(0, len(order), self.batch_size):
+        start = 0
+        while start < len(order):
             group = order[start : start + self.batch_size]
-            width = max(len(encoded[i][0]) for i in group)
-            ids = torch.full((len(group), width), self.tokenizer.pad_token_id, dtype=torch.long)
-            labels = torch.full_like(ids, IGNORE)
-            mask = torch.zeros_like(ids)
-            for row, i in enumerate(group):
-                seq, lab = encoded[i]
-                ids[row, : len(seq)], labels[row, : len(lab)], mask[row, : len(seq)] = (
-                    torch.tensor(seq), torch.tensor(lab), 1,
-                )
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-            target = labels[:, 1:].to(self.device)
-            scored = target != IGNORE
-            rows = F.log_softmax(logits[:, :-1][scored].float(), dim=-1)  # only the scored positions
-            tokens = target[scored]
-            logp = rows.gather(1, tokens.unsqueeze(1)).squeeze(1)
-            match = rows.argmax(-1) == tokens
-            probs = rows.exp()
-            mu = (probs * rows).sum(-1)
-            sigma = ((probs * rows.square()).sum(-1) - mu.square()).clamp(min=0).sqrt()
-            counts = scored.sum(1).tolist()
-            offset = 0
-            for row, i in enumerate(group):
-                n = counts[row]
-                sl = slice(offset, offset + n)
-                results[i] = TokenScores(
-                    logp[sl].tolist(), match[sl].tolist(), mu[sl].tolist(), sigma[sl].tolist()
-                )
-                offset += n
+            scored = self._shrinking_on_oom(lambda: self._score_group([encoded[i] for i in group]), len(group))
+            if scored is None:
+                continue  # out of memory: retry the same requests in a smaller batch
+            for i, item in zip(group, scored):
+                results[i] = item
             if bar:
                 bar.update(len(group))
+            start += len(group)
         if bar:
             bar.close()
         return results  # type: ignore[return-value]

@@ -62,6 +62,12 @@ def load_model(spec: str, device: torch.device | None = None, trust_remote_code:
     if path.exists():
         if not (path / "config.json").is_file():
             raise HarnessError(f"model folder '{spec}' has no config.json; pass a folder written by save_pretrained.")
+        if not any(path.glob("*.safetensors")):
+            raise HarnessError(
+                f"model folder '{spec}' has no .safetensors weights. The harness loads weights only from "
+                "safetensors or GGUF, never by unpickling .bin/.pt files; re-save the model with "
+                "save_pretrained(..., safe_serialization=True)."
+            )
         return LoadedModel(*_from_folder(path, device, dtype, trust_remote_code), spec, str(path.resolve()))
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec:
         raise HarnessError(

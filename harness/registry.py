@@ -82,6 +82,13 @@ class PluginReport:
 
     loaded: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    reported: set[str] = field(default_factory=set)   # failures already shown to the user
+
+    def unreported_failures(self) -> dict[str, str]:
+        """Failures not shown yet; marks them shown, so each is reported once per process."""
+        fresh = {k: v for k, v in self.failed.items() if k not in self.reported}
+        self.reported.update(fresh)
+        return fresh
 
 
 PLUGINS = PluginReport()

@@ -1,8 +1,10 @@
 """The HF engine: batched results equal one-at-a-time results; log-probs equal direct sums."""
+import pytest
 import torch
 import torch.nn.functional as F
 
 from harness.engine import GenerationRequest, HFEngine, LogprobRequest
+from harness.errors import HarnessError
 from harness.evaluation import EvalPlan, run_plan
 
 PROMPTS = ["Question: a?\nAnswer:", "Hi", "A much longer prompt that needs left padding in a batch:"]
@@ -56,3 +58,47 @@ def test_plan_runs_each_unique_request_once(tiny):
     out = run_plan(engine, plan)
     assert calls == [2]
     assert out.logprobs["prob"][0].logprobs == out.logprobs["es"][0].logprobs
+
+
+class OOMAboveTwo(torch.nn.Module):
+    """Wraps a model so any forward on more than two sequences raises an out-of-memory error."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner = model
+        self.config = model.config
+        self.generation_config = model.generation_config
+
+    def forward(self, input_ids, **kw):
+        if input_ids.shape[0] > 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.inner(input_ids=input_ids, **kw)
+
+    def generate(self, input_ids, **kw):
+        if input_ids.shape[0] > 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.inner.generate(input_ids=input_ids, **kw)
+
+
+def test_out_of_memory_halves_the_batch_and_gives_the_same_answers(tiny):
+    model, tok = tiny
+    requests = [LogprobRequest("Q:", f" answer {i}") for i in range(7)]
+    expected = HFEngine(model, tok, batch_size=8).logprobs(requests)
+    engine = HFEngine(OOMAboveTwo(model), tok, batch_size=8)
+    got = engine.logprobs(requests)
+    assert engine.batch_size == 2 and engine.oom_retries == 2
+    for g, e in zip(got, expected):
+        assert g.logprobs == pytest.approx(e.logprobs, abs=1e-5)
+    gens = HFEngine(OOMAboveTwo(model), tok, batch_size=4).generate([GenerationRequest(p, 5) for p in PROMPTS])
+    assert gens == HFEngine(model, tok, batch_size=1).generate([GenerationRequest(p, 5) for p in PROMPTS])
+
+
+def test_out_of_memory_at_batch_size_one_is_a_clear_error(tiny):
+    model, tok = tiny
+
+    class AlwaysOOM(OOMAboveTwo):
+        def forward(self, input_ids, **kw):
+            raise RuntimeError("CUDA out of memory.")
+
+    with pytest.raises(HarnessError, match="out of memory during evaluation even with batch size 1"):
+        HFEngine(AlwaysOOM(model), tok, batch_size=4).logprobs([LogprobRequest("Q:", " A")])

@@ -86,3 +86,14 @@ def test_paths_outside_the_results_root_are_refused(tmp_path):
     with pytest.raises(HarnessError, match="outside the results directory"):
         ensure_inside(tmp_path / "results", tmp_path / "results" / ".." / "elsewhere.json")
     assert ensure_inside(tmp_path, tmp_path / "a" / "b.json")
+
+
+def test_pickled_weights_are_refused(tmp_path):
+    model, tok = models.build_tiny_random()
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    for f in tmp_path.glob("*.safetensors"):  # leave only a pickled checkpoint behind
+        f.unlink()
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(HarnessError, match="never by unpickling"):
+        models.load_model(str(tmp_path), torch.device("cpu"))
