@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from harness.engine import HFEngine
 from harness.errors import HarnessError
 from harness.evaluation import run_plan
 from harness.models import cache_root, load_model, pick_device
+from harness.methods.base import NEEDS_RETAIN
 from harness.prepare import prepare
 from harness.registry import BENCHMARKS, METHODS
 from harness.results import (
@@ -99,7 +101,20 @@ class Runner:
         ft_defaults = {f"finetune.{k}": v for k, v in self.bench_cls.finetune_defaults.items()}
         self.finetune_cfg = cfgmod.build(TrainConfig, "finetune", [ft_defaults, self.overrides])
         self.results_dir = Path(req.results_dir)
+        self._check_needs()
         self.model_label = req.model if not (req.target and req.model == RunRequest.model) else req.target
+
+    def _check_needs(self) -> None:
+        """Refuse, before any work, a method that needs data this benchmark does not have."""
+        if self.bench.retain_train():
+            return
+        for name in self.methods:
+            method = self.method_cls[name](self.method_configs(name)[1])
+            if NEEDS_RETAIN in method.needs_of():
+                raise HarnessError(
+                    f"method '{name}' needs retain data, but benchmark '{self.bench.name}' has no retain split. "
+                    f"Leave it out of --methods, or use a method that needs forget data only (e.g. ga, npo, flat)."
+                )
 
     # --- settings ----------------------------------------------------------------------------
     def method_configs(self, name: str) -> tuple[TrainConfig, Any]:
@@ -211,8 +226,7 @@ class Runner:
         out["timings"]["train_s"] = round(result.seconds, 3)
         if self.req.save_models:
             folder = (self.req.models_dir or cache_root() / "unlearned") / self.bench.name / slug(self.model_label) / method.name / f"{config_id(resolved)}-seed{self.req.seed}"
-            loaded.model.save_pretrained(folder, safe_serialization=True)
-            loaded.tokenizer.save_pretrained(folder)
+            save_model_atomically(loaded, folder)
             out["model_path"] = str(folder)
         return out
 
@@ -235,6 +249,16 @@ class Runner:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def save_model_atomically(loaded, folder: Path) -> None:
+    """Write weights to a sibling temporary folder, then rename: a kill never leaves half a checkpoint."""
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    loaded.model.save_pretrained(tmp, safe_serialization=True)
+    loaded.tokenizer.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.replace(folder)
 
 
 def one_line_summary(record: dict, columns, path: Path) -> str:

@@ -42,7 +42,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0     # 0 disables clipping
     max_length: int = 512          # tokens per example
-    max_abs_loss: float = 0.0      # > 0: a loss beyond this counts as diverged
+    max_abs_loss: float = 1000.0   # a loss beyond this counts as exploded (diverged); 0 disables
     group_by_length: bool = True   # batch examples of similar length together (less padding)
 
     def __post_init__(self):

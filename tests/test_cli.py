@@ -178,3 +178,21 @@ def test_eval_without_retain_names_the_metrics_it_cannot_compute(finished_run, t
     assert "privleak" not in record["aggregates"]
     assert record["missing"]["privleak"].startswith("needs the retain model's Min-K% AUC")
     assert record["missing"]["forget_quality"].startswith("needs the retain model's per-item forget truth ratios")
+
+
+def test_method_needing_retain_on_a_benchmark_without_it(capsys, tmp_path):
+    plugin = tmp_path / "forget_only.py"
+    plugin.write_text(
+        "from harness.benchmarks.synthetic import Synthetic\n"
+        "from harness.registry import register_benchmark\n\n\n"
+        "@register_benchmark()\n"
+        "class ForgetOnly(Synthetic):\n"
+        "    name = 'forget-only'\n"
+        "    description = 'synthetic without a retain split'\n\n"
+        "    def retain_train(self):\n"
+        "        return None\n"
+    )
+    err = error_of(["run", "--plugin", str(plugin), "--benchmark", "forget-only", "--methods", "ga,graddiff",
+                    "--model", "tiny-random", "--results-dir", str(tmp_path)], capsys)
+    assert err == ("error: method 'graddiff' needs retain data, but benchmark 'forget-only' has no retain split. "
+                   "Leave it out of --methods, or use a method that needs forget data only (e.g. ga, npo, flat).")
