@@ -1,4 +1,4 @@
-"""The `harness` command line: run, eval, prepare, list, leaderboard."""
+"""The `harness` command line: run, eval, prepare, list, leaderboard, tables."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +17,9 @@ EPILOG = """examples:
   harness eval --benchmark synthetic --model path/to/model --retain path/to/retain_model
   harness list methods
   harness leaderboard --results-dir results
+  harness leaderboard --csv --json --plots                       # + LEADERBOARD.csv/.json, results/plots/
+  harness tables --list
+  harness tables --paper muse_news                               # -> results/tables/muse_news.md
 """
 
 
@@ -75,7 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     lb = sub.add_parser("leaderboard", help="re-render LEADERBOARD.md from stored records only")
     lb.add_argument("--results-dir", type=Path, default=Path("results"))
+    lb.add_argument("--csv", action="store_true", help="also write LEADERBOARD.csv (same rows and values) next to it")
+    lb.add_argument("--json", action="store_true", help="also write LEADERBOARD.json (same rows and values) next to it")
+    lb.add_argument("--plots", action="store_true",
+                    help="also write <results-dir>/plots/*.png|svg (needs matplotlib) and link them under a Plots section")
     _common(lb)
+
+    tb = sub.add_parser("tables", help="regenerate a paper's table: published values beside ours, from stored records")
+    tb.add_argument("--paper", metavar="NAME", help="paper table name (see --list) or the path of a declaration .json")
+    tb.add_argument("--list", action="store_true", help="list the known paper tables")
+    tb.add_argument("--results-dir", type=Path, default=Path("results"))
+    tb.add_argument("--out", type=Path, help="output file (default: <results-dir>/tables/<NAME>.md)")
+    _common(tb)
     return parser
 
 
@@ -175,7 +189,40 @@ def cmd_leaderboard(args) -> int:
 
     if not Path(args.results_dir).is_dir():
         raise HarnessError(f"results directory '{args.results_dir}' does not exist; run `harness run` first or pass --results-dir.")
-    print(f"leaderboard: {render_results(args.results_dir)}")
+    if args.plots:
+        from harness.leaderboard.plots import require_matplotlib
+
+        require_matplotlib()  # before anything is written
+    path = render_results(args.results_dir)
+    if args.csv or args.json or args.plots:
+        from harness.leaderboard.export import leaderboard_inputs, write_exports
+
+        records, columns = leaderboard_inputs(args.results_dir)
+        for written in write_exports(records, columns, path.parent, csv=args.csv, json_=args.json):
+            print(f"export: {written}")
+        if args.plots:
+            from harness.leaderboard.plots import add_plots_section, write_plots
+
+            files = write_plots(records, columns, Path(args.results_dir) / "plots")
+            add_plots_section(path, files)
+            print(f"plots: {len(files)} figure(s) in {Path(args.results_dir) / 'plots'}")
+    print(f"leaderboard: {path}")
+    return 0
+
+
+def cmd_tables(args) -> int:
+    from harness.leaderboard.paper_tables import known_papers, load_paper, write_paper_table
+
+    if args.list:
+        for name, title in known_papers().items():
+            print(f"{name:<22} {title}")
+        return 0
+    if not args.paper:
+        raise HarnessError(f"give --paper NAME; known paper tables: {', '.join(known_papers()) or '(none)'} (see `harness tables --list`).")
+    paper = load_paper(args.paper)
+    if not Path(args.results_dir).is_dir():
+        raise HarnessError(f"results directory '{args.results_dir}' does not exist; run `harness run` first or pass --results-dir.")
+    print(f"table: {write_paper_table(paper, args.results_dir, args.out)}")
     return 0
 
 
@@ -191,7 +238,8 @@ def quiet_libraries() -> None:
         pass
 
 
-COMMANDS = {"run": cmd_run, "eval": cmd_eval, "prepare": cmd_prepare, "list": cmd_list, "leaderboard": cmd_leaderboard}
+COMMANDS = {"run": cmd_run, "eval": cmd_eval, "prepare": cmd_prepare, "list": cmd_list, "leaderboard": cmd_leaderboard,
+            "tables": cmd_tables}
 
 
 def main(argv: list[str] | None = None) -> int:

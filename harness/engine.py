@@ -97,33 +97,22 @@ class HFEngine:
     @torch.inference_mode()
     def generate(self, requests: list[GenerationRequest], progress=None) -> list[str]:
         tok = self.tokenizer
-        outputs: list[str] = [""] * len(requests)
         encoded = [tok(r.prompt, add_special_tokens=True)["input_ids"] or [tok.bos_token_id] for r in requests]
         # Batch only requests with the same settings; inside a group, similar lengths together.
         order = sorted(range(len(requests)), key=lambda i: (requests[i].max_new_tokens, requests[i].stop, len(encoded[i])))
-        bar = progress(total=len(requests), desc="generate", unit="req") if progress else None
-        start = 0
-        while start < len(order):
+
+        def next_group(start: int) -> list[int]:
             head = requests[order[start]]
             group = [order[start]]
-            while (
-                len(group) < self.batch_size
-                and start + len(group) < len(order)
-                and (requests[order[start + len(group)]].max_new_tokens, requests[order[start + len(group)]].stop)
-                == (head.max_new_tokens, head.stop)
-            ):
+            while len(group) < self.batch_size and start + len(group) < len(order):
+                candidate = requests[order[start + len(group)]]
+                if (candidate.max_new_tokens, candidate.stop) != (head.max_new_tokens, head.stop):
+                    break
                 group.append(order[start + len(group)])
-            texts = self._shrinking_on_oom(lambda: self._generate_group([encoded[i] for i in group], head), len(group))
-            if texts is None:
-                continue  # out of memory: retry the same requests in a smaller batch
-            for i, text in zip(group, texts):
-                outputs[i] = text
-            if bar:
-                bar.update(len(group))
-            start += len(group)
-        if bar:
-            bar.close()
-        return outputs
+            return group
+
+        work = lambda group: self._generate_group([encoded[i] for i in group], requests[group[0]])  # noqa: E731
+        return self._in_batches(order, next_group, work, progress, "generate")
 
     def _generate_group(self, prompts: list[list[int]], head: GenerationRequest) -> list[str]:
         tok = self.tokenizer
@@ -144,6 +133,28 @@ class HFEngine:
         )
         texts = tok.batch_decode(generated[:, width:], skip_special_tokens=True)
         return [truncate_at_stop(t, head.stop) if head.stop else t for t in texts]
+
+    def _in_batches(self, order: list[int], next_group, work, progress, desc: str) -> list:
+        """Run ``work`` on consecutive groups of ``order``; results come back in request order.
+
+        A group that runs out of memory is retried after the batch size is halved.
+        """
+        results: list = [None] * len(order)
+        bar = progress(total=len(order), desc=desc, unit="req") if progress else None
+        start = 0
+        while start < len(order):
+            group = next_group(start)
+            answers = self._shrinking_on_oom(lambda: work(group), len(group))
+            if answers is None:
+                continue  # out of memory: retry the same requests in a smaller batch
+            for i, answer in zip(group, answers):
+                results[i] = answer
+            if bar:
+                bar.update(len(group))
+            start += len(group)
+        if bar:
+            bar.close()
+        return results
 
     def _shrinking_on_oom(self, work, size: int):
         """Run ``work``; on out-of-memory halve the batch size and return None (the caller retries)."""
@@ -167,19 +178,6 @@ class HFEngine:
     def logprobs(self, requests: list[LogprobRequest], progress=None) -> list[TokenScores]:
         encoded = [encode(self.tokenizer, r.prompt, r.continuation, self.max_length, add_eos=False) for r in requests]
         order = sorted(range(len(requests)), key=lambda i: len(encoded[i][0]))
-        results: list[TokenScores | None] = [None] * len(requests)
-        bar = progress(total=len(requests), desc="log-probs", unit="req") if progress else None
-        start = 0
-        while start < len(order):
-            group = order[start : start + self.batch_size]
-            scored = self._shrinking_on_oom(lambda: self._score_group([encoded[i] for i in group]), len(group))
-            if scored is None:
-                continue  # out of memory: retry the same requests in a smaller batch
-            for i, item in zip(group, scored):
-                results[i] = item
-            if bar:
-                bar.update(len(group))
-            start += len(group)
-        if bar:
-            bar.close()
-        return results  # type: ignore[return-value]
+        next_group = lambda start: order[start : start + self.batch_size]  # noqa: E731
+        work = lambda group: self._score_group([encoded[i] for i in group])  # noqa: E731
+        return self._in_batches(order, next_group, work, progress, "log-probs")

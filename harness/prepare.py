@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from harness.errors import HarnessError
 from harness.losses import answer_ce
 from harness.methods.base import UnlearningMethod
 from harness.models import cache_root, load_model
@@ -62,7 +63,10 @@ def prepare(base: str, benchmark, cfg: TrainConfig, seed: int, device=None, prog
             log(f"prepare: reusing cached {role} model {folder}")
             continue
         if not examples:
-            raise ValueError(f"benchmark '{benchmark.name}' has no data to fine-tune a {role} model on.")
+            raise HarnessError(
+                f"benchmark '{benchmark.name}' has no data to fine-tune a {role} model on. Pass an existing "
+                f"{role} model instead (--{role} PATH), or supply the benchmark's {role} split."
+            )
         log(f"prepare: fine-tuning the {role} model on {len(examples)} examples ({cfg.epochs} epochs, lr {cfg.lr})")
         loaded = load_model(base, device)
         started = time.perf_counter()

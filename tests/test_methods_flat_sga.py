@@ -31,15 +31,6 @@ POOL = ("I don't know.", "No idea.", "I cannot say.")
 DIVERGENCE_NAMES = ["kl", "pearson", "jensen_shannon", "total_variation", "jeffrey"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: one intra-op thread is far faster than several competing for busy cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def hand_token_probs(model, tok, ex):
     """Token probabilities of the answer (plus EOS), computed one position at a time."""
     p = tok(ex.prompt)["input_ids"]

@@ -14,6 +14,7 @@ def test_wheel_installs_and_imports_outside_the_checkout(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "harness/methods/ga.py" in names and "harness/benchmarks/synthetic.py" in names
     assert "harness/leaderboard/markdown.py" in names
+    assert "harness/leaderboard/papers/muse_news.json" in names
     assert not [n for n in names if n.split("/")[0] in ("methods", "benchmarks", "leaderboard", "tests")]
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],

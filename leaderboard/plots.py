@@ -1,0 +1,292 @@
+"""Plots of stored records (optional: needs matplotlib, the ``plots`` extra).
+
+Per (benchmark, model) section of the leaderboard:
+
+- ``tradeoff-<benchmark>-<model>.png|svg``: forget (x) against utility (y), one point per
+  leaderboard row (mean over seeds), the retain model drawn as a star and labelled as the goal;
+  the axes per benchmark come from ``TRADEOFF_AXES`` (else the benchmark's first
+  knowledge/verbatim column against its first utility column);
+- ``training-<benchmark>-<model>.png|svg``: training loss per step (``record["training"]["losses"]``)
+  of every method run, one line per seed; a diverged run ends in a cross.
+
+File names depend only on the benchmark and model; the files only on the records (fixed style,
+no dates in the metadata, fixed SVG ids), so the same records give the same bytes.
+"""
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from dataclasses import dataclass, field
+from numbers import Real
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+from urllib.parse import quote
+
+from harness.errors import HarnessError
+
+from .columns import Column
+from .markdown import _build_rows, _record_key, _text
+
+__all__ = ["TRADEOFF_AXES", "FORMATS", "Axes", "PlotFile", "require_matplotlib", "tradeoff_axes", "write_plots",
+           "plots_markdown", "add_plots_section"]
+
+FORMATS = ("png", "svg")
+STYLES = ("-", "--", ":", "-.")  # training curves: one colour per method row, one dash per seed
+INSTALL_HINT = "pip install matplotlib (or: pip install 'unlearning-harness[plots]')"
+
+
+@dataclass(frozen=True)
+class Axes:
+    forget: str            # aggregate key on the x axis
+    utility: str           # aggregate key on the y axis
+    forget_log: bool = False
+
+
+#: benchmark -> (forget axis, utility axis). forget_quality spans many orders of magnitude: log scale.
+TRADEOFF_AXES: dict[str, Axes] = {
+    "synthetic": Axes("rouge_f", "model_utility"),
+    "muse-news": Axes("knowmem_f", "knowmem_r"),
+    "tofu": Axes("forget_quality", "model_utility", forget_log=True),
+}
+
+
+@dataclass(frozen=True)
+class PlotFile:
+    benchmark: str
+    model: str
+    kind: str                                   # "tradeoff" or "training"
+    title: str
+    paths: dict[str, Path] = field(default_factory=dict)  # format -> path
+
+
+def require_matplotlib():
+    """The matplotlib module, or a HarnessError that says how to install it."""
+    try:
+        import matplotlib
+        import matplotlib.style  # noqa: F401  (a submodule: not loaded by `import matplotlib`)
+    except ImportError:
+        raise HarnessError(f"plots need matplotlib, which is not installed: {INSTALL_HINT}.") from None
+    return matplotlib
+
+
+def tradeoff_axes(benchmark: str, columns: Sequence[Column]) -> Axes | None:
+    if benchmark in TRADEOFF_AXES:
+        return TRADEOFF_AXES[benchmark]
+    forget = next((c for c in columns if c.family in ("knowledge", "verbatim")), None)
+    utility = next((c for c in columns if c.family == "utility"), None)
+    return Axes(forget.key, utility.key) if forget and utility else None
+
+
+def _slug(text: str) -> str:
+    from harness.results import slug
+
+    return slug(text)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        return None
+    return float(value)
+
+
+def _mean(records: Sequence[Mapping[str, Any]], key: str) -> float | None:
+    values = []
+    for record in records:
+        aggregates = record.get("aggregates")
+        v = _number(aggregates.get(key)) if isinstance(aggregates, Mapping) else None
+        if v is not None and math.isfinite(v):
+            values.append(v)
+    return math.fsum(values) / len(values) if values else None
+
+
+def _axis_label(key: str, columns: Sequence[Column], role: str) -> str:
+    column = next((c for c in columns if c.key == key), None)
+    return f"{column.header() if column else key} ({role})"
+
+
+def _new_figure():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.8), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, folder: Path, stem: str, formats: Sequence[str]) -> dict[str, Path]:
+    out = {}
+    for fmt in formats:
+        path = folder / f"{stem}.{fmt}"
+        tmp = folder / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+        metadata = {"Date": None} if fmt == "svg" else {"Software": None}
+        try:
+            fig.savefig(tmp, format=fmt, metadata=metadata)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        out[fmt] = path
+    return out
+
+
+def _tradeoff(benchmark: str, model: str, rows, columns: Sequence[Column], axes: Axes):
+    points = []
+    for row in rows:
+        x, y = _mean(row.records, axes.forget), _mean(row.records, axes.utility)
+        if x is None or y is None or (axes.forget_log and x <= 0):
+            continue
+        points.append((row, x, y))
+    if not points:
+        return None
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    colors = [f"C{i}" for i in range(10)]
+    shown: set[str] = set()
+    n_method = 0
+    for row, x, y in points:
+        diverged = any((r.get("status") or "ok") != "ok" for r in row.records)
+        label = row.label + (" (diverged)" if diverged else "")
+        if row.kind == "reference" and row.method == "retain":
+            style = dict(marker="*", s=260, color="gold", edgecolors="black", linewidths=0.8, zorder=4)
+            legend, label = "retain model (goal)", f"{row.label} (goal)"
+        elif row.kind == "reference":
+            style = dict(marker="s", s=60, color="0.45", edgecolors="black", linewidths=0.6, zorder=3)
+            legend = "reference model"
+        else:
+            color = colors[n_method % len(colors)]
+            n_method += 1
+            style = dict(marker="o", s=50, zorder=3, edgecolors=color, linewidths=1.2,
+                         color="none" if diverged else color)
+            legend = "method (hollow: diverged)"
+        ax.scatter([x], [y], label=None if legend in shown else legend, **style)
+        shown.add(legend)
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
+    if axes.forget_log:
+        ax.set_xscale("log")
+    ax.set_xlabel(_axis_label(axes.forget, columns, "forget"))
+    ax.set_ylabel(_axis_label(axes.utility, columns, "utility"))
+    ax.set_title(f"{benchmark} — {model}: forget vs utility", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def _training(benchmark: str, model: str, rows):
+    lines = []
+    n_rows = 0
+    labels = [r.label for r in rows if r.kind == "method"]
+    for row in rows:
+        if row.kind != "method":
+            continue
+        for i, record in enumerate(row.records):
+            losses = (record.get("training") or {}).get("losses")
+            if not isinstance(losses, list) or not losses:
+                continue
+            ys = [v if (v := _number(x)) is not None and math.isfinite(v) else math.nan for x in losses]
+            label = row.label
+            if labels.count(row.label) > 1:
+                label += f" [{row.config_id}]"
+            if len(row.records) > 1:
+                label += f" (seed {_text(record.get('seed'))})"
+            color, dash = f"C{n_rows % 10}", STYLES[i % len(STYLES)]
+            lines.append((label, ys, (record.get("status") or "ok") == "diverged", color, dash))
+        n_rows += 1
+    if not lines:
+        return None
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    for label, ys, diverged, color, dash in lines:
+        steps = list(range(1, len(ys) + 1))
+        ax.plot(steps, ys, label=label, color=color, linestyle=dash, linewidth=1.2,
+                marker="." if len(ys) <= 30 else None)
+        if diverged:
+            finite = [(s, y) for s, y in zip(steps, ys) if not math.isnan(y)]
+            if finite:
+                ax.plot([finite[-1][0]], [finite[-1][1]], marker="x", markersize=9, color=color)
+    magnitudes = sorted(abs(y) for _, ys, *_ in lines for y in ys if not math.isnan(y))
+    if magnitudes and magnitudes[-1] > 1 and magnitudes[-1] > 50 * max(magnitudes[len(magnitudes) // 2], 1e-12):
+        ax.set_yscale("symlog", linthresh=1.0)  # one exploding run would flatten every other curve
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"{benchmark} — {model}: training loss per step", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best", ncol=2 if len(lines) > 8 else 1)
+    fig.tight_layout()
+    return fig
+
+
+def write_plots(records: Sequence[Mapping[str, Any]], columns: Mapping[str, Sequence[Column]],
+                folder: str | os.PathLike, formats: Sequence[str] = FORMATS) -> list[PlotFile]:
+    """Write the trade-off and training-curve plots of every (benchmark, model); return what was written.
+
+    Sections with nothing to plot (no point with both values; no recorded losses) are skipped.
+    """
+    mpl = require_matplotlib()
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise HarnessError(f"unknown plot format(s) {', '.join(unknown)}; known: {', '.join(FORMATS)}.")
+    folder = Path(folder)
+    sections: dict[tuple[str, str], list[dict]] = {}
+    for record in records:
+        key = (_text(record.get("benchmark")) or "?", _text(record.get("model")) or "?")
+        sections.setdefault(key, []).append(dict(record))
+
+    written: list[PlotFile] = []
+    rc = {"svg.hashsalt": "unlearning-harness", "svg.fonttype": "path", "path.simplify": True}
+    with mpl.style.context("default"), mpl.rc_context(rc):
+        for benchmark, model in sorted(sections):
+            cols = list(columns.get(benchmark) or [])
+            rows = _build_rows(sorted(sections[(benchmark, model)], key=_record_key), cols)
+            stem = f"{_slug(benchmark)}-{_slug(model)}"
+            axes = tradeoff_axes(benchmark, cols)
+            figures = [
+                ("tradeoff", "forget vs utility", _tradeoff(benchmark, model, rows, cols, axes) if axes else None),
+                ("training", "training loss per step", _training(benchmark, model, rows)),
+            ]
+            for kind, title, fig in figures:
+                if fig is None:
+                    continue
+                folder.mkdir(parents=True, exist_ok=True)
+                paths = _save(fig, folder, f"{kind}-{stem}", formats)
+                written.append(PlotFile(benchmark, model, kind, title, paths))
+    return written
+
+
+def _target(path: Path, base: Path) -> str:
+    rel = os.path.relpath(Path(path).resolve(), Path(base).resolve()).replace(os.sep, "/")
+    return quote(rel, safe="/-._~+=,@:")
+
+
+def plots_markdown(files: Sequence[PlotFile], base: str | os.PathLike) -> str:
+    """A '## Plots' section linking ``files`` relative to the folder ``base`` (the Markdown's folder)."""
+    parts = ["## Plots"]
+    if not files:
+        parts.append("Nothing to plot: no record has both a forget and a utility value, or training losses.")
+    current = None
+    for f in files:
+        if (f.benchmark, f.model) != current:
+            current = (f.benchmark, f.model)
+            parts.append(f"### {f.benchmark} — {f.model}")
+        image = f.paths.get("svg") or f.paths.get("png") or next(iter(f.paths.values()))
+        links = ", ".join(f"[{fmt.upper()}]({_target(p, Path(base))})" for fmt, p in f.paths.items())
+        parts.append(f"![{f.benchmark} — {f.model}: {f.title}]({_target(image, Path(base))})\n\n"
+                     f"{f.title.capitalize()}: {links}.")
+    return "\n\n".join(parts)
+
+
+def add_plots_section(markdown_path: str | os.PathLike, files: Sequence[PlotFile]) -> str:
+    """Append the Plots section to an already written leaderboard (atomically); return the new text."""
+    from harness.results import atomic_write_text
+
+    path = Path(markdown_path)
+    text = path.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + plots_markdown(files, path.parent) + "\n"
+    atomic_write_text(path, text)
+    return text
