@@ -9,13 +9,14 @@ and the run goes on, so one crash never loses the other cells.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -134,9 +135,10 @@ class Runner:
     # --- the run -----------------------------------------------------------------------------
     def run(self) -> RunSummary:
         summary = RunSummary()
-        target_spec, retain_spec = self.reference_models()
+        models = functools.cache(self.reference_models)  # prepare only once a cell really has to run
+        target_spec, retain_spec = (lambda: models()[0]), (lambda: models()[1])
         reference: dict[str, Any] | None = None
-        if retain_spec:
+        if self.req.retain or (not self.req.target and self.bench_cls.needs_prepared_target):
             rec = self.reference_cell("retain", retain_spec, None, summary)
             reference = rec.get("reference_values") if rec else None
         else:
@@ -155,14 +157,14 @@ class Runner:
         folders = prepare(self.req.model, self.bench, self.finetune_cfg, self.req.seed, self.device, self.progress, log=self.log)
         return str(folders["target"]), self.req.retain or str(folders["retain"])
 
-    def reference_cell(self, role: str, spec: str, reference, summary: RunSummary) -> dict | None:
+    def reference_cell(self, role: str, spec: "str | Callable[[], str]", reference, summary: RunSummary) -> dict | None:
         """Evaluate the target or the retain model; the retain model is its own reference."""
         resolved = {**self._base_config(), "role": role}
         label = {"target": "Target", "retain": "Retain"}[role]
         return self._cell(role, label, "reference", resolved, summary,
                           lambda: self._evaluate_only(spec, reference, self_reference=role == "retain"))
 
-    def method_cell(self, name: str, target_spec: str, reference, summary: RunSummary) -> dict | None:
+    def method_cell(self, name: str, target_spec: "str | Callable[[], str]", reference, summary: RunSummary) -> dict | None:
         train_cfg, method_cfg = self.method_configs(name)
         cls = self.method_cls[name]
         resolved = {
@@ -211,14 +213,14 @@ class Runner:
         self._free()
         return record
 
-    def _evaluate_only(self, spec: str, reference, self_reference: bool = False) -> dict:
-        loaded = load_model(spec, self.device, self.req.trust_remote_code)
+    def _evaluate_only(self, spec, reference, self_reference: bool = False) -> dict:
+        loaded = load_model(spec() if callable(spec) else spec, self.device, self.req.trust_remote_code)
         out = self._evaluate(loaded, reference, self_reference)
         out.update({"status": "ok", "model_source": loaded.source, "training": None})
         return out
 
-    def _unlearn(self, method, train_cfg: TrainConfig, target_spec: str, reference, resolved) -> dict:
-        loaded = load_model(target_spec, self.device, self.req.trust_remote_code)
+    def _unlearn(self, method, train_cfg: TrainConfig, target_spec, reference, resolved) -> dict:
+        loaded = load_model(target_spec() if callable(target_spec) else target_spec, self.device, self.req.trust_remote_code)
         result = train(loaded.model, loaded.tokenizer, method, self.bench.forget_train(), self.bench.retain_train(),
                        train_cfg, self.req.seed, self.progress, log=self.log)
         out = self._evaluate(loaded, reference)

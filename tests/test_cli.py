@@ -52,6 +52,7 @@ def test_second_run_skips_finished_cells_and_force_reruns(finished_run, capsys):
     assert main(["run", "--methods", "ga", "--results-dir", str(results), *QUICK]) == 0
     out = capsys.readouterr().out
     assert out.count("skip synthetic/tiny-random/") == 3  # retain, target, ga
+    assert "prepare:" not in out  # nothing to run, so no model is prepared or even looked up
     assert {p: p.stat().st_mtime_ns for p in results.glob("synthetic/**/*.json")} == before
 
 
