@@ -88,8 +88,8 @@ from typing import Any, Sequence
 
 from harness.batching import Example
 from harness.benchmarks.base import Benchmark, Scores
-from harness.benchmarks.muse_news import chunk_by_words, read_texts
-from harness.datafiles import read_records
+from harness.benchmarks.muse_news import chunk_by_words
+from harness.datafiles import read_records, read_texts
 from harness.engine import GenerationRequest, LogprobRequest
 from harness.errors import HarnessError
 from harness.evaluation import EvalPlan, PlanOutputs

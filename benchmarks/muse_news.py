@@ -93,7 +93,7 @@ from typing import Any, Iterable, Sequence
 
 from harness.batching import Example
 from harness.benchmarks.base import Benchmark, Scores
-from harness.datafiles import read_records, require_fields
+from harness.datafiles import as_texts, read_records, read_texts, require_fields
 from harness.engine import GenerationRequest, LogprobRequest
 from harness.errors import HarnessError
 from harness.evaluation import EvalPlan, PlanOutputs
@@ -302,7 +302,7 @@ class MuseNews(Benchmark):
 
     def _texts(self, subset: str, split: str) -> list[str]:
         if not self.offline:
-            return _as_texts(self._hub(subset, split), Path(f"{HUB_ID}/{subset}/{split}"))
+            return as_texts(self._hub(subset, split), Path(f"{HUB_ID}/{subset}/{split}"))
         path = self._local(subset, split)
         texts = read_texts(path)
         self._note_file(f"{subset}/{split}.json", path.read_bytes())
@@ -495,50 +495,3 @@ class MuseNews(Benchmark):
         scores.per_sample["privleak"] = [
             {"auc": agg["auc_min_k"], "reference_auc": used, "reference": source, "privleak": agg["privleak"]}
         ]
-
-
-# --- text splits ----------------------------------------------------------------------------
-def _as_texts(items: list[Any], path: Path) -> list[str]:
-    """Strings, or objects with a string "text" field, as a list of strings; errors name path and record."""
-    if all(isinstance(x, dict) for x in items):
-        require_fields(items, ["text"], path)
-        items = [x["text"] for x in items]
-    for number, item in enumerate(items, start=1):
-        if not isinstance(item, str):
-            raise HarnessError(
-                f"{path}, record {number}: expected a string or an object with a string 'text' field, "
-                f"got {type(item).__name__}."
-            )
-    return list(items)
-
-
-def read_texts(path: Path) -> list[str]:
-    """A text split: a JSON array (or JSON Lines) of strings or of {"text": ...} objects.
-
-    ``read_records`` takes objects only; MUSE's text splits are arrays of plain strings, so this
-    reads them with the same messages (path, line and column of malformed JSON).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise HarnessError(f"data file {path} does not exist; check --data-dir (it must hold the benchmark's files).")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise HarnessError(f"data file {path} cannot be read: {exc}.") from None
-    if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise HarnessError(f"malformed JSON in {path} at line {exc.lineno}, column {exc.colno}: {exc.msg}.") from None
-        return _as_texts(items, path)
-    items = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            items.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise HarnessError(
-                f"malformed JSON Lines in {path} at line {number}: {exc.msg}. Each line must be one JSON string or object."
-            ) from None
-    return _as_texts(items, path)

@@ -14,7 +14,32 @@ from harness.errors import HarnessError
 
 def read_records(path: Path) -> list[dict[str, Any]]:
     """All records of a JSON array file or a JSON Lines file (detected from the content)."""
+    return [_as_record(item, path, i) for i, item in enumerate(_read_items(Path(path), "one JSON object"), start=1)]
+
+
+def read_texts(path: Path) -> list[str]:
+    """A text split: a JSON array (or JSON Lines) of strings or of {"text": ...} objects."""
     path = Path(path)
+    return as_texts(_read_items(path, "one JSON string or object"), path)
+
+
+def as_texts(items: list[Any], path: Path) -> list[str]:
+    """Strings from plain strings or {"text": ...} objects; anything else names the record."""
+    texts = []
+    for number, item in enumerate(items, start=1):
+        if isinstance(item, dict) and isinstance(item.get("text"), str):
+            item = item["text"]
+        if not isinstance(item, str):
+            raise HarnessError(
+                f"{path}, record {number}: expected a string or an object with a string 'text' field, "
+                f"got {type(item).__name__}."
+            )
+        texts.append(item)
+    return texts
+
+
+def _read_items(path: Path, each: str) -> list[Any]:
+    """The JSON values of a file: one array, or one value per line (JSON Lines)."""
     if not path.is_file():
         raise HarnessError(f"data file {path} does not exist; check --data-dir (it must hold the benchmark's files).")
     try:
@@ -23,22 +48,20 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         raise HarnessError(f"data file {path} cannot be read: {exc}.") from None
     if text.lstrip().startswith("["):
         try:
-            data = json.loads(text)
+            return json.loads(text)
         except json.JSONDecodeError as exc:
             raise HarnessError(f"malformed JSON in {path} at line {exc.lineno}, column {exc.colno}: {exc.msg}.") from None
-        return [_as_record(item, path, i + 1) for i, item in enumerate(data)]
-    records = []
+    items = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
+            items.append(json.loads(line))
         except json.JSONDecodeError as exc:
             raise HarnessError(
-                f"malformed JSON Lines in {path} at line {number}: {exc.msg}. Each line must be one JSON object."
+                f"malformed JSON Lines in {path} at line {number}: {exc.msg}. Each line must be {each}."
             ) from None
-        records.append(_as_record(item, path, number))
-    return records
+    return items
 
 
 def _as_record(item: Any, path: Path, where: int) -> dict[str, Any]:
