@@ -13,7 +13,6 @@ import json
 import math
 import os
 import statistics
-import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
 from numbers import Real
@@ -22,6 +21,8 @@ from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import quote
 
 from tabulate import tabulate
+
+from harness.results import atomic_write_text
 
 from .columns import DIRECTIONS, Column
 
@@ -332,21 +333,5 @@ def write_leaderboard(records: list[dict], columns: dict[str, list[Column]], pat
                       title: str = "Leaderboard") -> str:
     """Render and write atomically (temp file in the same folder, then os.replace); return the text."""
     text = render_leaderboard(records, columns, title=title)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    # os.open with 0o666 lets the umask decide the final permissions, like a plain open() would.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write_text(Path(path), text)
     return text

@@ -66,7 +66,7 @@ from tabulate import tabulate
 from harness.errors import HarnessError, unknown_name_error
 
 from .columns import DIRECTIONS, format_target
-from .markdown import format_value
+from .markdown import _number, _record_key, format_value
 
 __all__ = [
     "PAPERS_DIR", "Paper", "PaperTable", "PaperRow", "PaperColumn", "Match",
@@ -489,21 +489,6 @@ def _cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        return None
-    return float(value)
-
-
-def _seed_key(seed: Any) -> tuple:
-    if isinstance(seed, bool) or not isinstance(seed, (int, float)):
-        return (1, 0, str(seed))
-    return (0, seed, "")
-
-
-def _record_key(record: Mapping[str, Any]) -> tuple:
-    return (_seed_key(record.get("seed")), str(record.get("path") or ""),
-            json.dumps(record, sort_keys=True, default=str))
 
 
 def _text(value: Any) -> str:
