@@ -406,6 +406,8 @@ class MuseNews(Benchmark):
             plan.logprobs["verbmem_gt"] = [LogprobRequest(r["prompt"], r["gt"]) for r in self.verbmem]
         plan.logprobs["privleak_forget"] = [LogprobRequest("", t) for t in self.privleak_forget]
         plan.logprobs["privleak_holdout"] = [LogprobRequest("", t) for t in self.privleak_holdout]
+        attacks = ("privleak_min_k", "auc_loss", "auc_zlib", "auc_mink_pp")
+        plan.readers = {"verbmem_gt": ("es_f",), "privleak_forget": attacks, "privleak_holdout": attacks}
         return plan
 
     def score(self, outputs: PlanOutputs, reference: dict[str, Any] | None) -> Scores:

@@ -155,6 +155,7 @@ class Synthetic(Benchmark):
             ]
         plan.logprobs["mia_forget"] = [LogprobRequest("", t) for t in self._mia_texts(self.forget_qa, self.forget_bio)]
         plan.logprobs["mia_holdout"] = [LogprobRequest("", t) for t in self._mia_texts(self.holdout_qa, self.holdout_bio)]
+        plan.readers = {f"answer_{s}": ("probability", "extraction_strength") for s in ("forget", "retain")}
         return plan
 
     def _mia_texts(self, qa, bios) -> list[str]:

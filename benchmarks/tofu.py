@@ -322,6 +322,11 @@ class Tofu(Benchmark):
             plan.logprobs[f"pert_{name}"] = [
                 LogprobRequest(p, " " + a) for p, q in zip(prompts, items) for a in q.perturbed
             ]
+            plan.readers[f"answer_{name}"] = (
+                ("probability", "extraction_strength", "exact_memorization") if name == "forget"
+                else ("probability",) if name == "retain" else ("probability", "truth_ratio")
+            )
+            plan.readers[f"pert_{name}"] = ("probability", "truth_ratio") if name not in ("forget", "retain") else ("truth_ratio",)
         return plan
 
     def score(self, outputs: PlanOutputs, reference: dict[str, Any] | None) -> Scores:

@@ -1,4 +1,4 @@
-"""The `harness` command line: run, eval, prepare, list, leaderboard, tables."""
+"""The `harness` command line: run, eval, prepare, list, leaderboard, tables, bench."""
 from __future__ import annotations
 
 import argparse
@@ -20,6 +20,7 @@ EPILOG = """examples:
   harness leaderboard --csv --json --plots                       # + LEADERBOARD.csv/.json, results/plots/
   harness tables --list
   harness tables --paper muse_news                               # -> results/tables/muse_news.md
+  harness bench --benchmark synthetic --model tiny-random        # figures; last line: speedup vs naive
 """
 
 
@@ -39,6 +40,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="override a setting, e.g. train.lr=1e-5, graddiff.alpha=2, benchmark.num_forget=3, eval.batch_size=8")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
+    p.add_argument("--no-eval-cache", dest="eval_cache", action="store_false",
+                   help="evaluate every model afresh instead of reusing stored outputs of identical weights")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--plots", action="store_true",
                     help="also write <results-dir>/plots/*.png|svg (needs matplotlib) and link them under a Plots section")
     _common(lb)
+
+    bn = sub.add_parser("bench", help="figures: evaluation vs a naive baseline, one training step per method, memory")
+    _model_args(bn)
+    bn.add_argument("--methods", default="all", help="methods whose training step is timed: 'all', a comma list, or 'none'")
+    bn.add_argument("--engine", default="hf", choices=["hf"],
+                    help="evaluation engine to measure (vLLM is not benchmarked yet; see docs/engines.md)")
+    _common(bn)
 
     tb = sub.add_parser("tables", help="regenerate a paper's table: published values beside ours, from stored records")
     tb.add_argument("--paper", metavar="NAME", help="paper table name (see --list) or the path of a declaration .json")
@@ -135,7 +145,8 @@ def _request(args, **extra):
 
     return RunRequest(
         benchmark=args.benchmark, model=args.model, data_dir=args.data_dir, seed=args.seed, limit=args.limit,
-        overrides=parse_set(args.overrides), device=args.device, trust_remote_code=args.trust_remote_code, **extra,
+        overrides=parse_set(args.overrides), device=args.device, trust_remote_code=args.trust_remote_code,
+        eval_cache=getattr(args, "eval_cache", True), **extra,
     )
 
 
@@ -181,6 +192,19 @@ def cmd_prepare(args) -> int:
     folders = prepare(args.model, runner.bench, runner.finetune_cfg, args.seed, runner.device, _progress(), args.force, _log)
     for role, folder in folders.items():
         print(f"{role}: {folder}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from harness.bench import report
+    from harness.models import load_model
+    from harness.runner import Runner
+
+    no_training = args.methods.strip().lower() == "none"
+    runner = Runner(_request(args, methods="all" if no_training else args.methods), None, _log)
+    loaded = load_model(args.model, runner.device, args.trust_remote_code)
+    args.batch_size, args.max_length = runner.eval_cfg.batch_size, runner.eval_cfg.max_length
+    report(runner.bench, loaded, args, [] if no_training else runner.methods, runner.method_configs, runner.device)
     return 0
 
 
@@ -238,7 +262,7 @@ def quiet_libraries() -> None:
         pass
 
 
-COMMANDS = {"run": cmd_run, "eval": cmd_eval, "prepare": cmd_prepare, "list": cmd_list, "leaderboard": cmd_leaderboard,
+COMMANDS = {"bench": cmd_bench, "run": cmd_run, "eval": cmd_eval, "prepare": cmd_prepare, "list": cmd_list, "leaderboard": cmd_leaderboard,
             "tables": cmd_tables}
 
 

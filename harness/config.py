@@ -22,6 +22,8 @@ from harness.training import TrainConfig
 class EvalConfig:
     batch_size: int = 32        # sequences per forward pass in the evaluation engine
     max_length: int = 2048      # tokens per scored text
+    per_epoch: bool = False     # also evaluate after every unlearning epoch (training curves)
+    select: str = "last"        # checkpoint-selection rule applied to every method alike (see selection.py)
 
 
 def parse_set(pairs: list[str] | None) -> dict[str, str]:

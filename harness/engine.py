@@ -3,10 +3,13 @@
 Requests are sorted by length so batches carry little padding; generation pads on the left;
 log-prob batches compute the full next-token distribution only at the scored positions, where
 they also yield the greedy-match flags (exact memorisation, extraction strength) and the mean
-and standard deviation of log p under the model's own distribution (Min-K%++).
+and standard deviation of log p under the model's own distribution (Min-K%++). Continuations
+scored under the same prompt (a correct, a paraphrased and several perturbed answers) share one
+pass over that prompt through its KV cache.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -64,42 +67,111 @@ def _is_oom(exc: BaseException) -> bool:
 class HFEngine:
     """Evaluates one model; ``batch_size`` is the number of sequences per forward pass."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 16, max_length: int = 2048):
+    def __init__(self, model, tokenizer, batch_size: int = 16, max_length: int = 2048, share_prompts: bool = True):
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.max_length = batch_size, max_length
+        self.share_prompts = share_prompts   # run a prompt once for all continuations scored under it
+        self.sort_by_length = True           # batch similar lengths together (off only for the naive baseline)
+        self.head_at_kept_positions = (
+            getattr(getattr(model, "config", None), "model_type", None) in HEAD_ONLY_AT_KEPT_POSITIONS
+            and hasattr(model, "base_model_prefix") and hasattr(model, "get_output_embeddings")
+        )
         self.device = next(model.parameters()).device
         self.oom_retries = 0   # how often a batch was halved after running out of memory
 
+    def settings(self) -> dict:
+        """What the outputs depend on besides weights, tokenizer and request (the cache key).
+
+        The batch size is left out: it changes only the padding, which moves log-probs by
+        float rounding (about 1e-6), never a greedy token in our tests.
+        """
+        import transformers
+
+        return {
+            "engine": "hf", "dtype": str(next(self.model.parameters()).dtype), "device": self.device.type,
+            "max_length": self.max_length, "torch": torch.__version__, "transformers": transformers.__version__,
+        }
+
+    # --- log-probs -------------------------------------------------------------------------
+    def _forward(self, ids, mask, positions, keep, past=None, use_cache=False):
+        """Logits at the ``keep`` positions only (row-major), and the KV cache when asked for.
+
+        For decoder families whose logits are exactly ``lm_head(last hidden state)`` the head
+        runs on the kept positions alone; it is a fifth of a small model's per-token compute
+        and most positions of a scored text are not scored. Other models get the full logits.
+        """
+        kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=use_cache)
+        if self.head_at_kept_positions:
+            out = getattr(self.model, self.model.base_model_prefix)(**kwargs)
+            logits = self.model.get_output_embeddings()(out.last_hidden_state[keep])
+        else:
+            out = self.model(**kwargs)
+            logits = out.logits[keep]
+        return logits, (out.past_key_values if use_cache else None)
+
     def _score_group(self, encoded: list[tuple[list[int], list[int]]]) -> list[TokenScores]:
+        """Whole texts in one right-padded forward pass."""
         width = max(len(seq) for seq, _ in encoded)
         ids = torch.full((len(encoded), width), self.tokenizer.pad_token_id, dtype=torch.long)
         labels = torch.full_like(ids, IGNORE)
         mask = torch.zeros_like(ids)
         for row, (seq, lab) in enumerate(encoded):
             ids[row, : len(seq)], labels[row, : len(lab)], mask[row, : len(seq)] = torch.tensor(seq), torch.tensor(lab), 1
-        logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
         target = labels[:, 1:].to(self.device)
         scored = target != IGNORE
-        rows = F.log_softmax(logits[:, :-1][scored].float(), dim=-1)  # only the scored positions
-        tokens = target[scored]
-        logp = rows.gather(1, tokens.unsqueeze(1)).squeeze(1)
-        match = rows.argmax(-1) == tokens
-        probs = rows.exp()
-        mu = (probs * rows).sum(-1)
-        sigma = ((probs * rows.square()).sum(-1) - mu.square()).clamp(min=0).sqrt()
-        out, offset = [], 0
-        for n in scored.sum(1).tolist():
-            sl = slice(offset, offset + n)
-            out.append(TokenScores(logp[sl].tolist(), match[sl].tolist(), mu[sl].tolist(), sigma[sl].tolist()))
-            offset += n
-        return out
+        keep = torch.cat([scored, torch.zeros_like(scored[:, :1])], dim=1)  # position t predicts token t+1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits, _ = self._forward(ids.to(self.device), mask.to(self.device), positions.to(self.device), keep)
+        return _token_scores(logits, target[scored], scored.sum(1).tolist())
+
+    def _score_shared_prompts(self, prompts: list[list[int]], rows: list[tuple[int, list[int]]]) -> list[TokenScores]:
+        """Continuations that share prompts: each prompt runs once, its KV cache serves them all.
+
+        ``rows`` holds (index into ``prompts``, continuation ids). Prompts are left-padded so
+        they end in the same column; positions are given explicitly, so every token sees the
+        same positions as in a whole-text pass and the scores agree to rounding.
+        """
+        width = max(len(p) for p in prompts)
+        p_ids = torch.full((len(prompts), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        p_mask = torch.zeros_like(p_ids)
+        for row, p in enumerate(prompts):
+            p_ids[row, width - len(p) :], p_mask[row, width - len(p) :] = torch.tensor(p), 1
+        p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)
+        last = torch.zeros_like(p_mask, dtype=torch.bool)
+        last[:, -1] = True
+        first_logits, cache = self._forward(p_ids.to(self.device), p_mask.to(self.device), p_pos.to(self.device), last.to(self.device), use_cache=True)
+
+        owner = torch.tensor([p for p, _ in rows])
+        c_width = max(len(c) for _, c in rows)
+        c_ids = torch.full((len(rows), c_width), self.tokenizer.pad_token_id, dtype=torch.long)
+        c_mask = torch.zeros_like(c_ids)
+        for row, (_, c) in enumerate(rows):
+            c_ids[row, : len(c)], c_mask[row, : len(c)] = torch.tensor(c), 1
+        cache.batch_select_indices(owner.to(self.device))   # one copy of each prompt's cache per continuation
+        mask = torch.cat([p_mask[owner], c_mask], dim=1)
+        lengths = torch.tensor([len(prompts[p]) for p, _ in rows])
+        positions = lengths[:, None] + torch.arange(c_width)[None, :]
+        keep = torch.zeros_like(c_mask, dtype=torch.bool)   # continuation token j predicts token j+1
+        keep[:, :-1] = c_mask[:, 1:].bool()
+        rest_logits, _ = self._forward(c_ids.to(self.device), mask.to(self.device), positions.to(self.device), keep.to(self.device), past=cache)
+
+        # Reassemble row-major: each row's first token from its prompt, the rest from its own pass.
+        counts = c_mask.sum(1).tolist()
+        order, offset = [], len(prompts)
+        for row, n in enumerate(counts):
+            order.append(int(owner[row]))
+            order.extend(range(offset, offset + n - 1))
+            offset += n - 1
+        logits = torch.cat([first_logits, rest_logits])[torch.tensor(order, device=self.device)]
+        return _token_scores(logits, c_ids[c_mask.bool()].to(self.device), counts)
 
     @torch.inference_mode()
     def generate(self, requests: list[GenerationRequest], progress=None) -> list[str]:
         tok = self.tokenizer
         encoded = [tok(r.prompt, add_special_tokens=True)["input_ids"] or [tok.bos_token_id] for r in requests]
         # Batch only requests with the same settings; inside a group, similar lengths together.
-        order = sorted(range(len(requests)), key=lambda i: (requests[i].max_new_tokens, requests[i].stop, len(encoded[i])))
+        by_length = (lambda i: len(encoded[i])) if self.sort_by_length else (lambda i: 0)  # noqa: E731
+        order = sorted(range(len(requests)), key=lambda i: (requests[i].max_new_tokens, requests[i].stop, by_length(i)))
 
         def next_group(start: int) -> list[int]:
             head = requests[order[start]]
@@ -112,7 +184,8 @@ class HFEngine:
             return group
 
         work = lambda group: self._generate_group([encoded[i] for i in group], requests[group[0]])  # noqa: E731
-        return self._in_batches(order, next_group, work, progress, "generate")
+        done = self._in_batches(order, next_group, work, progress, "generate")
+        return [done[i] for i in range(len(requests))]
 
     def _generate_group(self, prompts: list[list[int]], head: GenerationRequest) -> list[str]:
         tok = self.tokenizer
@@ -134,12 +207,12 @@ class HFEngine:
         texts = tok.batch_decode(generated[:, width:], skip_special_tokens=True)
         return [truncate_at_stop(t, head.stop) if head.stop else t for t in texts]
 
-    def _in_batches(self, order: list[int], next_group, work, progress, desc: str) -> list:
-        """Run ``work`` on consecutive groups of ``order``; results come back in request order.
+    def _in_batches(self, order: list[int], next_group, work, progress, desc: str) -> dict:
+        """Run ``work`` on consecutive groups of ``order``; returns {request index: result}.
 
         A group that runs out of memory is retried after the batch size is halved.
         """
-        results: list = [None] * len(order)
+        results: dict = {}
         bar = progress(total=len(order), desc=desc, unit="req") if progress else None
         start = 0
         while start < len(order):
@@ -177,7 +250,80 @@ class HFEngine:
     @torch.inference_mode()
     def logprobs(self, requests: list[LogprobRequest], progress=None) -> list[TokenScores]:
         encoded = [encode(self.tokenizer, r.prompt, r.continuation, self.max_length, add_eos=False) for r in requests]
-        order = sorted(range(len(requests)), key=lambda i: len(encoded[i][0]))
-        next_group = lambda start: order[start : start + self.batch_size]  # noqa: E731
-        work = lambda group: self._score_group([encoded[i] for i in group])  # noqa: E731
-        return self._in_batches(order, next_group, work, progress, "log-probs")
+        shared, alone = _prompt_groups(requests, encoded, self.max_length) if self.share_prompts else ({}, list(range(len(requests))))
+        results: list = [None] * len(requests)
+        if alone:
+            order = sorted(alone, key=lambda i: len(encoded[i][0])) if self.sort_by_length else alone
+            next_group = lambda start: order[start : start + self.batch_size]  # noqa: E731
+            work = lambda group: self._score_group([encoded[i] for i in group])  # noqa: E731
+            for i, scores in self._in_batches(order, next_group, work, progress, "log-probs").items():
+                results[i] = scores
+        if shared:
+            self._score_shared(shared, encoded, results, progress)
+        return results
+
+    def _score_shared(self, shared: dict[tuple, list[int]], encoded, results: list, progress) -> None:
+        """Batches of whole prompt groups (a group larger than a batch is split), by length."""
+        units = [members[i : i + self.batch_size] for members in shared.values() for i in range(0, len(members), self.batch_size)]
+        units.sort(key=lambda u: (_prompt_length(encoded[u[0]]), max(len(encoded[i][0]) for i in u)))
+        flat = [i for u in units for i in u]
+        bounds = set(itertools.accumulate(len(u) for u in units))
+
+        def next_group(start: int) -> list[int]:
+            """Whole groups up to the batch size; a group that alone exceeds it is split."""
+            end = min(start + self.batch_size, len(flat))
+            cut = max((b for b in range(start + 1, end + 1) if b in bounds), default=end)
+            return flat[start:cut]
+
+        def work(group: list[int]) -> list[TokenScores]:
+            prompts: dict[tuple, int] = {}
+            rows = []
+            for i in group:
+                ids, labels = encoded[i]
+                n = _prompt_length(encoded[i])
+                rows.append((prompts.setdefault(tuple(ids[:n]), len(prompts)), ids[n:]))
+            return self._score_shared_prompts([list(p) for p in prompts], rows)
+
+        for i, scores in self._in_batches(flat, next_group, work, progress, "log-probs (shared prompts)").items():
+            results[i] = scores
+
+
+# Model types whose logits are exactly lm_head(final hidden state): no logit scaling or soft-capping.
+HEAD_ONLY_AT_KEPT_POSITIONS = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi", "phi3", "olmo", "olmo2", "gpt_neox", "smollm3"})
+
+
+def _prompt_length(encoded: tuple[list[int], list[int]]) -> int:
+    labels = encoded[1]
+    return next((j for j, t in enumerate(labels) if t != IGNORE), len(labels))
+
+
+def _prompt_groups(requests, encoded, max_length: int) -> tuple[dict[tuple, list[int]], list[int]]:
+    """Requests whose prompt (as tokens) is shared by at least one other request, and the rest.
+
+    Texts without a prompt, or cut by ``max_length``, are scored whole.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(requests):
+        ids, _ = encoded[i]
+        n = _prompt_length(encoded[i])
+        if r.prompt and 0 < n < len(ids) and len(ids) < max_length:
+            groups.setdefault(tuple(ids[:n]), []).append(i)
+    shared = {k: v for k, v in groups.items() if len(v) > 1}
+    in_shared = {i for v in shared.values() for i in v}
+    return shared, [i for i in range(len(requests)) if i not in in_shared]
+
+
+def _token_scores(logits: torch.Tensor, tokens: torch.Tensor, counts: list[int]) -> list[TokenScores]:
+    """Per-token log p, greedy match and the mean/std of log p under the model (Min-K%++)."""
+    rows = F.log_softmax(logits.float(), dim=-1)
+    logp = rows.gather(1, tokens.unsqueeze(1)).squeeze(1)
+    match = rows.argmax(-1) == tokens
+    probs = rows.exp()
+    mu = (probs * rows).sum(-1)
+    sigma = ((probs * rows.square()).sum(-1) - mu.square()).clamp(min=0).sqrt()
+    out, offset = [], 0
+    for n in counts:
+        sl = slice(offset, offset + n)
+        out.append(TokenScores(logp[sl].tolist(), match[sl].tolist(), mu[sl].tolist(), sigma[sl].tolist()))
+        offset += n
+    return out

@@ -16,6 +16,9 @@ from harness.engine import GenerationRequest, LogprobRequest, TokenScores
 class EvalPlan:
     generations: dict[str, list[GenerationRequest]] = field(default_factory=dict)
     logprobs: dict[str, list[LogprobRequest]] = field(default_factory=dict)
+    # The metrics that read each named list (default: one, the list's name). Only the naive
+    # baseline of `harness bench` uses it, to run every metric's requests on their own.
+    readers: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass

@@ -4,7 +4,9 @@ The flow of one run: resolve settings; get the target and retain models (given, 
 ``prepare``); evaluate the retain model (its scores are the reference for forget quality and
 PrivLeak) and the target; then for each method copy the target, unlearn, evaluate, write the
 record. A finished cell is skipped unless forced; a cell that raises is recorded as failed
-and the run goes on, so one crash never loses the other cells.
+and the run goes on, so one crash never loses the other cells. With ``eval.per_epoch`` a method
+is also evaluated after every epoch, and ``eval.select`` (``harness/selection.py``), declared
+before the run, decides which epoch's scores and weights its record reports.
 """
 from __future__ import annotations
 
@@ -21,9 +23,11 @@ from typing import Any, Callable
 import torch
 
 from harness import config as cfgmod
+from harness import selection
 from harness.config import EvalConfig
 from harness.engine import HFEngine
 from harness.errors import HarnessError
+from harness.evalcache import CachedEngine, EvalCache, model_key
 from harness.evaluation import run_plan
 from harness.models import cache_root, load_model, pick_device
 from harness.methods.base import NEEDS_RETAIN
@@ -41,7 +45,7 @@ from harness.results import (
     versions,
     write_record,
 )
-from harness.training import TrainConfig, train
+from harness.training import TrainConfig, epoch_plan, train
 
 
 @dataclass
@@ -61,6 +65,7 @@ class RunRequest:
     models_dir: Path | None = None
     device: str | None = None
     trust_remote_code: bool = False
+    eval_cache: bool = True        # reuse engine outputs of identical weights (harness/evalcache.py)
 
 
 @dataclass
@@ -99,6 +104,10 @@ class Runner:
         self.overrides = cfgmod.normalise_overrides(req.overrides, sections)
         self.bench = self.bench_cls(cfgmod.build(self.bench_cls.Config, "benchmark", [self.overrides]), req.data_dir, req.limit)
         self.eval_cfg = cfgmod.build(EvalConfig, "eval", [self.overrides])
+        self.utility_key = getattr(self.bench_cls, "utility_key", None)  # a benchmark may name its utility column
+        self.rule = selection.validate(self.eval_cfg.select, self.eval_cfg.per_epoch, self.bench_cls.columns,
+                                       utility_key=self.utility_key)
+        self.retain_aggregates: dict[str, Any] | None = None   # the retain row's scores, for the selection rule
         ft_defaults = {f"finetune.{k}": v for k, v in self.bench_cls.finetune_defaults.items()}
         self.finetune_cfg = cfgmod.build(TrainConfig, "finetune", [ft_defaults, self.overrides])
         self.results_dir = Path(req.results_dir)
@@ -123,13 +132,18 @@ class Runner:
         layers = [defaults.get("*", {}), defaults.get(name, {}), self.overrides]
         return cfgmod.build(TrainConfig, "train", layers), cfgmod.build(self.method_cls[name].Config, name, layers)
 
-    def _base_config(self) -> dict[str, Any]:
+    def _base_config(self, reference: bool = False) -> dict[str, Any]:
+        """Settings that identify a cell; a reference row does not depend on how methods are selected."""
+        evaluation = dataclasses.asdict(self.eval_cfg)
+        if reference:  # per-epoch evaluation and selection only concern unlearning runs
+            for key in REFERENCE_IGNORES_EVAL:
+                evaluation.pop(key)
         return {
             "benchmark": self.bench.name, "benchmark_config": dataclasses.asdict(self.bench.config),
             "data_fingerprint": self.bench.data_info().get("fingerprint"), "limit": self.req.limit,
             "model": self.model_label, "target": self.req.target, "retain": self.req.retain,
             "finetune": None if self.req.target else dataclasses.asdict(self.finetune_cfg),
-            "eval": dataclasses.asdict(self.eval_cfg),
+            "eval": evaluation,
         }
 
     # --- the run -----------------------------------------------------------------------------
@@ -138,9 +152,13 @@ class Runner:
         models = functools.cache(self.reference_models)  # prepare only once a cell really has to run
         target_spec, retain_spec = (lambda: models()[0]), (lambda: models()[1])
         reference: dict[str, Any] | None = None
-        if self.req.retain or (not self.req.target and self.bench_cls.needs_prepared_target):
+        has_retain = bool(self.req.retain or (not self.req.target and self.bench_cls.needs_prepared_target))
+        selection.validate(self.eval_cfg.select, self.eval_cfg.per_epoch, self.bench_cls.columns, has_retain,
+                           self.utility_key)
+        if has_retain:
             rec = self.reference_cell("retain", retain_spec, None, summary)
             reference = rec.get("reference_values") if rec else None
+            self.retain_aggregates = rec.get("aggregates") if rec else None
         else:
             self.log("note: no retain model given; forget quality and PrivLeak cannot be computed (pass --retain PATH).")
         self.reference_cell("target", target_spec, reference, summary)
@@ -159,7 +177,7 @@ class Runner:
 
     def reference_cell(self, role: str, spec: "str | Callable[[], str]", reference, summary: RunSummary) -> dict | None:
         """Evaluate the target or the retain model; the retain model is its own reference."""
-        resolved = {**self._base_config(), "role": role}
+        resolved = {**self._base_config(reference=True), "role": role}
         label = {"target": "Target", "retain": "Retain"}[role]
         return self._cell(role, label, "reference", resolved, summary,
                           lambda: self._evaluate_only(spec, reference, self_reference=role == "retain"))
@@ -177,6 +195,10 @@ class Runner:
         )
         if train_cfg.max_steps:
             settings += f", max_steps={train_cfg.max_steps}"
+        if self.eval_cfg.per_epoch:
+            settings += ", eval.per_epoch=true"
+        if self.eval_cfg.select != "last":
+            settings += f", eval.select={self.eval_cfg.select}"
         return self._cell(name, label, "method", resolved, summary,
                           lambda: self._unlearn(cls(method_cfg), train_cfg, target_spec, reference, resolved),
                           settings)
@@ -220,10 +242,31 @@ class Runner:
         return out
 
     def _unlearn(self, method, train_cfg: TrainConfig, target_spec, reference, resolved) -> dict:
+        if self.rule.needs_retain and self.retain_aggregates is None:
+            raise HarnessError(
+                f"eval.select={self.rule.name} needs the retain model's scores, but the retain row has none "
+                "(its cell failed: see its record); fix and rerun it, or use eval.select=last."
+            )
         loaded = load_model(target_spec() if callable(target_spec) else target_spec, self.device, self.req.trust_remote_code)
-        result = train(loaded.model, loaded.tokenizer, method, self.bench.forget_train(), self.bench.retain_train(),
-                       train_cfg, self.req.seed, self.progress, log=self.log)
-        out = self._evaluate(loaded, reference)
+        forget = self.bench.forget_train()
+        steps_per_epoch, total, final_epoch = epoch_plan(len(forget), train_cfg)
+        per_epoch = PerEpoch(self, loaded, reference, method.name, final_epoch) if self.eval_cfg.per_epoch else None
+        result = train(loaded.model, loaded.tokenizer, method, forget, self.bench.retain_train(),
+                       train_cfg, self.req.seed, self.progress, log=self.log, on_epoch_end=per_epoch)
+        if result.status != "ok":  # diverged: the weights at that point, whatever the rule
+            out = self._evaluate(loaded, reference)
+            chosen = selection.Selection(self.rule.name, None, f"the run diverged at step {result.diverged_at_step}; "
+                                         "scores are of the weights at that point, no epoch was selected")
+        elif per_epoch is None:
+            out = self._evaluate(loaded, reference)
+            chosen = self._select([{"epoch": final_epoch, "aggregates": out["aggregates"]}])
+        else:
+            chosen = self._select(per_epoch.epochs)
+            out = per_epoch.take(chosen)
+        out["selection"] = chosen.as_record()
+        if per_epoch is not None:
+            out["epochs"] = per_epoch.summary(result.losses, steps_per_epoch, total)
+            out["timings"]["per_epoch_eval_s"] = per_epoch.eval_s
         out.update({"status": result.status, "model_source": loaded.source, "training": result.summary()})
         out["timings"]["train_s"] = round(result.seconds, 3)
         if self.req.save_models:
@@ -232,8 +275,20 @@ class Runner:
             out["model_path"] = str(folder)
         return out
 
-    def _evaluate(self, loaded, reference, self_reference: bool = False) -> dict:
+    def _select(self, epochs: list[dict]) -> selection.Selection:
+        return selection.select(self.eval_cfg.select, epochs, self.bench_cls.columns, self.retain_aggregates,
+                                self.utility_key)
+
+    def _engine(self, loaded):
+        """The HF engine, behind the evaluation cache unless the run turned it off."""
         engine = HFEngine(loaded.model, loaded.tokenizer, self.eval_cfg.batch_size, self.eval_cfg.max_length)
+        if not self.req.eval_cache:
+            return engine
+        key = model_key(loaded.model, loaded.tokenizer, engine.settings())
+        return CachedEngine(engine, EvalCache(cache_root() / "evals.sqlite"), key)
+
+    def _evaluate(self, loaded, reference, self_reference: bool = False) -> dict:
+        engine = self._engine(loaded)
         started = time.perf_counter()
         outputs = run_plan(engine, self.bench.eval_plan(), self.progress)
         scores = self.bench.score(outputs, reference)
@@ -243,7 +298,7 @@ class Runner:
             "aggregates": scores.aggregates, "per_sample": scores.per_sample, "missing": scores.missing,
             "reference_values": scores.reference_values,
             "timings": {**outputs.timings, "eval_s": round(time.perf_counter() - started, 3)},
-            "eval_counts": outputs.counts,
+            "eval_counts": {**outputs.counts, **getattr(engine, "counts", {})},
         }
 
     @staticmethod
@@ -251,6 +306,56 @@ class Runner:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+#: eval settings that change how method rows are chosen, never a reference row's scores
+REFERENCE_IGNORES_EVAL = ("per_epoch", "select")
+
+
+class PerEpoch:
+    """``on_epoch_end`` of a run with ``eval.per_epoch``: evaluate, and keep what the rule may pick.
+
+    Each epoch gets the final evaluation's plan, scoring and reference. Weights are copied (to
+    the CPU) only for a rule that may pick an epoch other than the last, only when it prefers the
+    epoch just evaluated, and never for the final epoch, which stays in the model.
+    """
+
+    def __init__(self, runner: Runner, loaded, reference, method: str, final_epoch: int):
+        self.runner, self.loaded, self.reference = runner, loaded, reference
+        self.method, self.final_epoch = method, final_epoch
+        self.epochs: list[dict] = []          # {"epoch", "aggregates"} per evaluated epoch
+        self.outputs: dict[int, dict] = {}    # full evaluations still needed: the latest and the kept one
+        self.kept: tuple[int, dict] | None = None   # (epoch, CPU state dict) the rule prefers so far
+        self.eval_s = 0.0
+
+    def __call__(self, index: int, model) -> None:
+        epoch = index + 1
+        out = self.runner._evaluate(self.loaded, self.reference)
+        self.eval_s = round(self.eval_s + out["timings"]["eval_s"], 3)
+        self.epochs.append({"epoch": epoch, "aggregates": out["aggregates"]})
+        self.outputs[epoch] = out
+        if self.runner.rule.needs_per_epoch and epoch < self.final_epoch:
+            preferred = self.runner._select(self.epochs)
+            if preferred.epoch == epoch and not preferred.fallback:
+                self.kept = (epoch, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+        keep = {epoch, self.kept[0] if self.kept else epoch}
+        self.outputs = {e: o for e, o in self.outputs.items() if e in keep}
+        cells = [f"{c.label} {out['aggregates'][c.key]:.{c.digits}f}" for c in self.runner.bench_cls.columns
+                 if isinstance(out["aggregates"].get(c.key), (int, float))]
+        self.runner.log(f"  {self.method} epoch {epoch} eval: {' | '.join(cells)}")
+
+    def take(self, chosen: selection.Selection) -> dict:
+        """The chosen epoch's evaluation; its weights are put back into the model if not the last."""
+        if chosen.epoch != self.epochs[-1]["epoch"]:
+            if self.kept is None or self.kept[0] != chosen.epoch:  # a rule broke the contract in selection.py
+                raise RuntimeError(f"rule '{chosen.rule}' chose epoch {chosen.epoch}, whose weights were not kept")
+            self.loaded.model.load_state_dict(self.kept[1])
+        self.kept = None
+        return self.outputs[chosen.epoch]
+
+    def summary(self, losses: list[float], steps_per_epoch: int, total: int) -> list[dict]:
+        """Per epoch: its scores and the loss of its last optimiser step."""
+        return [{**e, "loss": losses[min(e["epoch"] * steps_per_epoch, total) - 1]} for e in self.epochs]
 
 
 def save_model_atomically(loaded, folder: Path) -> None:

@@ -12,6 +12,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -106,8 +107,14 @@ def train(
     progress=None,
     add_eos: bool = True,
     log=None,
+    on_epoch_end: Callable[[int, torch.nn.Module], None] | None = None,
 ) -> TrainResult:
-    """Minimise ``method.loss`` over the forget set (paired with retain items when needed)."""
+    """Minimise ``method.loss`` over the forget set (paired with retain items when needed).
+
+    ``on_epoch_end(epoch_index, model)`` (0-based index) runs after every completed epoch, never
+    after a diverged one, with the model in eval mode; see ``_end_of_epoch`` for what it may
+    not disturb. Its time is not counted as training time.
+    """
     if not forget:
         raise HarnessError("the forget set is empty: nothing to train on.")
     needs = method.needs_of()
@@ -122,9 +129,7 @@ def train(
     result = TrainResult()
     started = time.perf_counter()
 
-    steps_per_epoch = math.ceil(len(forget) / cfg.global_batch)
-    total = cfg.max_steps if cfg.max_steps > 0 else steps_per_epoch * cfg.epochs
-    epochs = math.ceil(total / steps_per_epoch)
+    steps_per_epoch, total, epochs = epoch_plan(len(forget), cfg)
     ctx = MethodContext(
         epochs=epochs, forget_examples=forget, retain_examples=retain or [], encode=encode,
         rng=random.Random(seed + 2),
@@ -152,6 +157,7 @@ def train(
     bar = progress(total=total, desc=f"train {method.name}", unit="step") if progress else None
 
     lengths = [len(e.prompt) + len(e.answer) for e in forget]
+    callback_s = 0.0
     for epoch in range(epochs):
         order = epoch_order(lengths, cfg.global_batch, order_rng, cfg.group_by_length)
         for start in range(0, len(order), cfg.global_batch):
@@ -196,13 +202,45 @@ def train(
                 bar.set_postfix(loss=f"{step_loss:.4f}")
         if log and result.losses:
             log(f"  {method.name} epoch {epoch + 1}/{epochs}: step {result.steps}/{total}, loss {result.losses[-1]:.4f}")
+        if on_epoch_end and result.status != "diverged":
+            callback_s += _end_of_epoch(on_epoch_end, epoch, model)
         if result.status == "diverged" or result.steps >= total:
             break
     if bar:
         bar.close()
     model.eval()
-    result.seconds = time.perf_counter() - started
+    result.seconds = time.perf_counter() - started - callback_s
     return result
+
+
+def epoch_plan(n_forget: int, cfg: TrainConfig) -> tuple[int, int, int]:
+    """(steps per epoch, total optimiser steps, epochs) of a run over ``n_forget`` items."""
+    steps_per_epoch = math.ceil(n_forget / cfg.global_batch)
+    total = cfg.max_steps if cfg.max_steps > 0 else steps_per_epoch * cfg.epochs
+    return steps_per_epoch, total, math.ceil(total / steps_per_epoch)
+
+
+def _end_of_epoch(callback, epoch: int, model: torch.nn.Module) -> float:
+    """Run ``callback(epoch, model)`` in eval mode without disturbing the training that follows.
+
+    Evaluating between epochs must not change the run: the global random states (dropout draws
+    from them) are put back afterwards and train mode is restored, so a run with per-epoch
+    evaluation trains the same weights as one without. Returns the seconds spent.
+    """
+    started = time.perf_counter()
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+              torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    model.eval()
+    try:
+        callback(epoch, model)
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if states[3] is not None:
+            torch.cuda.set_rng_state_all(states[3])
+        model.train()
+    return time.perf_counter() - started
 
 
 def epoch_order(lengths: list[int], global_batch: int, rng: torch.Generator, group_by_length: bool) -> list[int]:

@@ -1,8 +1,9 @@
 """Render the Markdown leaderboard from stored run records.
 
 One section per (benchmark, model): a heading, a line naming the data source(s) and the
-column legend, a GitHub-flavoured table, and numbered notes under it (diverged runs,
-stand-in data). Reference rows (target, retain, ...) come first, then method rows by label.
+column legend, a GitHub-flavoured table, and numbered notes under it (diverged runs, the
+checkpoint a selection rule other than ``last`` reported, stand-in data). Reference rows
+(target, retain, ...) come first, then method rows by label.
 Seeds of one (method, config_id) collapse into one row showing mean ± sample std.
 The best method row per column is bold. The output depends only on the records' content,
 never on their order or on the clock.
@@ -176,7 +177,7 @@ def _aggregate(records: Sequence[Mapping[str, Any]], column: Column) -> _Value:
 
 
 def _note_texts(row: _Row) -> list[str]:
-    """Notes for one row: divergence (or another non-ok status) per seed, then stand-in data."""
+    """Notes for one row: divergence (or another non-ok status) per seed, selected checkpoints, stand-in data."""
     notes: list[str] = []
     several = len(row.records) > 1
     for record in row.records:
@@ -196,10 +197,24 @@ def _note_texts(row: _Row) -> list[str]:
             text = f"{who}status '{status}'; scores may be incomplete."
         notes.append(text)
     for record in row.records:
+        chosen = _selection_text(record)
+        if chosen:
+            notes.append(f"seed {record.get('seed')} {chosen}" if several else chosen)
+    for record in row.records:
         stand_in = (record.get("data") or {}).get("stand_in")
         if stand_in:
             notes.append(f"stand-in data: {' '.join(str(stand_in).split())}")
     return _unique(notes)
+
+
+def _selection_text(record: Mapping[str, Any]) -> str:
+    """The checkpoint a selection rule reported instead of the final epoch ('' for the final epoch)."""
+    chosen = record.get("selection")
+    if not isinstance(chosen, Mapping) or chosen.get("rule") in (None, "last") or chosen.get("epoch") is None:
+        return ""
+    text = f"checkpoint of epoch {chosen['epoch']}, chosen by eval.select={chosen['rule']}"
+    reason = " ".join(str(chosen.get("reason") or "").split())
+    return f"{text}: {reason}." if reason else f"{text}."
 
 
 def _build_rows(records: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> list[_Row]:

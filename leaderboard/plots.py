@@ -7,7 +7,10 @@ Per (benchmark, model) section of the leaderboard:
   the axes per benchmark come from ``TRADEOFF_AXES`` (else the benchmark's first
   knowledge/verbatim column against its first utility column);
 - ``training-<benchmark>-<model>.png|svg``: training loss per step (``record["training"]["losses"]``)
-  of every method run, one line per seed; a diverged run ends in a cross.
+  of every method run, one line per seed; a diverged run ends in a cross. Runs made with
+  ``eval.per_epoch`` add two panels below: the trade-off axes' forget and utility scores per
+  epoch (``record["epochs"]``), the retain model's value dotted, and the checkpoint a selection
+  rule other than ``last`` reported ringed.
 
 File names depend only on the benchmark and model; the files only on the records (fixed style,
 no dates in the metadata, fixed SVG ids), so the same records give the same bytes.
@@ -105,11 +108,11 @@ def _axis_label(key: str, columns: Sequence[Column], role: str) -> str:
     return f"{column.header() if column else key} ({role})"
 
 
-def _new_figure():
+def _new_figure(height: float = 4.8):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.4, 4.8), dpi=100)
+    fig = Figure(figsize=(6.4, height), dpi=100)
     FigureCanvasAgg(fig)
     return fig
 
@@ -176,8 +179,38 @@ def _tradeoff(benchmark: str, model: str, rows, columns: Sequence[Column], axes:
     return fig
 
 
-def _training(benchmark: str, model: str, rows):
-    lines = []
+@dataclass
+class _Run:
+    """One method record's curves: loss per step and, with ``eval.per_epoch``, scores per epoch."""
+
+    label: str
+    color: str
+    dash: str
+    diverged: bool
+    losses: list[float]
+    epochs: list[tuple[int, Mapping[str, Any]]]   # (epoch, aggregates)
+    chosen: int | None                            # the epoch a non-'last' selection rule reported
+
+
+def _epochs_of(record: Mapping[str, Any]) -> list[tuple[int, Mapping[str, Any]]]:
+    out = []
+    for entry in record.get("epochs") or []:
+        if isinstance(entry, Mapping) and _number(entry.get("epoch")) is not None and isinstance(entry.get("aggregates"), Mapping):
+            out.append((int(entry["epoch"]), entry["aggregates"]))
+    return out
+
+
+def _chosen_epoch(record: Mapping[str, Any]) -> int | None:
+    chosen = record.get("selection")
+    if not isinstance(chosen, Mapping) or chosen.get("rule") in (None, "last"):
+        return None
+    epoch = _number(chosen.get("epoch"))
+    return int(epoch) if epoch is not None else None
+
+
+def _runs(rows) -> list[_Run]:
+    """Every method record with a loss curve or per-epoch scores; one colour per row, one dash per seed."""
+    runs: list[_Run] = []
     n_rows = 0
     labels = [r.label for r in rows if r.kind == "method"]
     for row in rows:
@@ -185,7 +218,9 @@ def _training(benchmark: str, model: str, rows):
             continue
         for i, record in enumerate(row.records):
             losses = (record.get("training") or {}).get("losses")
-            if not isinstance(losses, list) or not losses:
+            losses = losses if isinstance(losses, list) else []
+            epochs = _epochs_of(record)
+            if not losses and not epochs:
                 continue
             ys = [v if (v := _number(x)) is not None and math.isfinite(v) else math.nan for x in losses]
             label = row.label
@@ -193,24 +228,26 @@ def _training(benchmark: str, model: str, rows):
                 label += f" [{row.config_id}]"
             if len(row.records) > 1:
                 label += f" (seed {_text(record.get('seed'))})"
-            color, dash = f"C{n_rows % 10}", STYLES[i % len(STYLES)]
-            lines.append((label, ys, (record.get("status") or "ok") == "diverged", color, dash))
+            runs.append(_Run(label, f"C{n_rows % 10}", STYLES[i % len(STYLES)],
+                             (record.get("status") or "ok") == "diverged", ys, epochs, _chosen_epoch(record)))
         n_rows += 1
-    if not lines:
-        return None
+    return runs
+
+
+def _draw_losses(ax, runs: Sequence[_Run], benchmark: str, model: str) -> None:
     from matplotlib.ticker import MaxNLocator
 
-    fig = _new_figure()
-    ax = fig.add_subplot()
-    for label, ys, diverged, color, dash in lines:
+    lines = [r for r in runs if r.losses]
+    for run in lines:
+        ys = run.losses
         steps = list(range(1, len(ys) + 1))
-        ax.plot(steps, ys, label=label, color=color, linestyle=dash, linewidth=1.2,
+        ax.plot(steps, ys, label=run.label, color=run.color, linestyle=run.dash, linewidth=1.2,
                 marker="." if len(ys) <= 30 else None)
-        if diverged:
+        if run.diverged:
             finite = [(s, y) for s, y in zip(steps, ys) if not math.isnan(y)]
             if finite:
-                ax.plot([finite[-1][0]], [finite[-1][1]], marker="x", markersize=9, color=color)
-    magnitudes = sorted(abs(y) for _, ys, *_ in lines for y in ys if not math.isnan(y))
+                ax.plot([finite[-1][0]], [finite[-1][1]], marker="x", markersize=9, color=run.color)
+    magnitudes = sorted(abs(y) for run in lines for y in run.losses if not math.isnan(y))
     if magnitudes and magnitudes[-1] > 1 and magnitudes[-1] > 50 * max(magnitudes[len(magnitudes) // 2], 1e-12):
         ax.set_yscale("symlog", linthresh=1.0)  # one exploding run would flatten every other curve
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -218,7 +255,54 @@ def _training(benchmark: str, model: str, rows):
     ax.set_ylabel("training loss")
     ax.set_title(f"{benchmark} — {model}: training loss per step", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="best", ncol=2 if len(lines) > 8 else 1)
+    if lines:
+        ax.legend(fontsize=7, loc="best", ncol=2 if len(lines) > 8 else 1)
+
+
+def _draw_epochs(ax, runs: Sequence[_Run], key: str, columns: Sequence[Column], role: str,
+                 retain: float | None, log: bool = False) -> None:
+    """One metric per epoch for every run; the reported epoch ringed; the retain model's value dotted."""
+    from matplotlib.ticker import MaxNLocator
+
+    for run in runs:
+        points = [(e, v) for e, agg in run.epochs if (v := _number(agg.get(key))) is not None
+                  and math.isfinite(v) and not (log and v <= 0)]
+        if not points:
+            continue
+        ax.plot([e for e, _ in points], [v for _, v in points], color=run.color, linestyle=run.dash,
+                linewidth=1.2, marker=".")
+        chosen = [(e, v) for e, v in points if e == run.chosen]
+        if chosen:
+            ax.plot([chosen[0][0]], [chosen[0][1]], marker="o", markersize=9, markerfacecolor="none",
+                    markeredgecolor=run.color, markeredgewidth=1.4)
+    if retain is not None and math.isfinite(retain) and not (log and retain <= 0):
+        ax.axhline(retain, color="0.35", linestyle=":", linewidth=1.0, label="retain model")
+        ax.legend(fontsize=7, loc="best")
+    if log:
+        ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch (ring: reported checkpoint)" if any(r.chosen is not None for r in runs) else "epoch")
+    ax.set_ylabel(_axis_label(key, columns, role), fontsize=8)
+    ax.grid(True, alpha=0.3)
+
+
+def _training(benchmark: str, model: str, rows, columns: Sequence[Column] = (), axes: Axes | None = None):
+    """Loss per step; with per-epoch evaluations also forget and utility scores per epoch, below it."""
+    runs = _runs(rows)
+    if not any(r.losses for r in runs) and not (axes and any(r.epochs for r in runs)):
+        return None
+    if not axes or not any(r.epochs for r in runs):
+        fig = _new_figure()
+        _draw_losses(fig.add_subplot(), runs, benchmark, model)
+        fig.tight_layout()
+        return fig
+    retain = next((r.records for r in rows if r.kind == "reference" and r.method == "retain"), [])
+    fig = _new_figure(height=8.0)
+    grid = fig.add_gridspec(2, 2, height_ratios=(3, 2))
+    _draw_losses(fig.add_subplot(grid[0, :]), runs, benchmark, model)
+    _draw_epochs(fig.add_subplot(grid[1, 0]), runs, axes.forget, columns, "forget", _mean(retain, axes.forget),
+                 axes.forget_log)
+    _draw_epochs(fig.add_subplot(grid[1, 1]), runs, axes.utility, columns, "utility", _mean(retain, axes.utility))
     fig.tight_layout()
     return fig
 
@@ -247,9 +331,11 @@ def write_plots(records: Sequence[Mapping[str, Any]], columns: Mapping[str, Sequ
             rows = _build_rows(sorted(sections[(benchmark, model)], key=_record_key), cols)
             stem = f"{_slug(benchmark)}-{_slug(model)}"
             axes = tradeoff_axes(benchmark, cols)
+            per_epoch = axes is not None and any(_epochs_of(r) for r in sections[(benchmark, model)])
             figures = [
                 ("tradeoff", "forget vs utility", _tradeoff(benchmark, model, rows, cols, axes) if axes else None),
-                ("training", "training loss per step", _training(benchmark, model, rows)),
+                ("training", "training loss per step" + (" and scores per epoch" if per_epoch else ""),
+                 _training(benchmark, model, rows, cols, axes)),
             ]
             for kind, title, fig in figures:
                 if fig is None:

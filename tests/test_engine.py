@@ -102,3 +102,36 @@ def test_out_of_memory_at_batch_size_one_is_a_clear_error(tiny):
 
     with pytest.raises(HarnessError, match="out of memory during evaluation even with batch size 1"):
         HFEngine(AlwaysOOM(model), tok, batch_size=4).logprobs([LogprobRequest("Q:", " A")])
+
+
+def _max_gap(a, b):
+    return max((abs(x - y) for s, t in zip(a, b) for x, y in zip(s.logprobs + s.mu, t.logprobs + t.mu)), default=0.0)
+
+
+@pytest.mark.parametrize("batch_size", [2, 5, 32])
+def test_shared_prompt_pass_equals_whole_text_pass(tiny, batch_size):
+    """Five answers under each of three prompts, one unshared prompt and one bare text."""
+    model, tok = tiny
+    requests = [LogprobRequest(p, a) for p in ("Question: who is Zed?\nAnswer:", "Q: x?\nA:", "A much longer prompt, to pad:")
+                for a in (" Zorb", " a longer answer here", " no", " the fourth one, longer still", " five")]
+    requests += [LogprobRequest("", "a whole text"), LogprobRequest("Solo prompt", " solo")]
+    engine = HFEngine(model, tok, batch_size=batch_size)
+    calls = []
+    original = engine._score_shared_prompts
+    engine._score_shared_prompts = lambda prompts, rows: calls.append(len(prompts)) or original(prompts, rows)
+    shared = engine.logprobs(requests)
+    whole = HFEngine(model, tok, batch_size=batch_size, share_prompts=False).logprobs(requests)
+    assert calls and sum(calls) <= 3 * (1 + 5 // batch_size)   # each prompt ran once per batch it appears in
+    assert [len(s.logprobs) for s in shared] == [len(s.logprobs) for s in whole]
+    assert [s.greedy_match for s in shared] == [s.greedy_match for s in whole]
+    assert _max_gap(shared, whole) < 1e-4
+
+
+def test_head_on_scored_positions_only_equals_full_logits(tiny):
+    model, tok = tiny
+    requests = [LogprobRequest("Question: a?\nAnswer:", " yes it is"), LogprobRequest("", "an unconditioned text")]
+    fast = HFEngine(model, tok, share_prompts=False)
+    full = HFEngine(model, tok, share_prompts=False)
+    full.head_at_kept_positions = False
+    assert fast.head_at_kept_positions
+    assert _max_gap(fast.logprobs(requests), full.logprobs(requests)) < 1e-5

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from harness.cli import main
 
+# No evaluation cache: these tests count engine calls and compare two genuinely computed runs.
 QUICK = ["--benchmark", "synthetic", "--model", "tiny-random", "--limit", "2",
-         "--set", "finetune.epochs=1", "--set", "train.epochs=2", "--no-save-models"]
+         "--set", "finetune.epochs=1", "--set", "train.epochs=2", "--no-save-models", "--no-eval-cache"]
 
 # A plugin that stalls at a chosen point (when STALL_MARKER is set), so the test can kill the run there.
 STALLING_PLUGIN = '''

@@ -1,0 +1,91 @@
+"""The evaluation cache: exact round trips, hits only for identical weights, and a run that reuses it."""
+import json
+
+import pytest
+import torch
+
+from harness.cli import main
+from harness.engine import GenerationRequest, HFEngine, LogprobRequest, TokenScores
+from harness.evalcache import CachedEngine, EvalCache, _decode, _encode, model_key
+
+REQUESTS = [LogprobRequest("Question: who?\nAnswer:", " Zorb"), LogprobRequest("", "a text of its own")]
+PROMPTS = [GenerationRequest("Question: who?\nAnswer:", 6, ("\n",)), GenerationRequest("Hi", 4)]
+
+
+class Counting:
+    """An engine that counts the requests it had to answer."""
+
+    def __init__(self, engine):
+        self.engine, self.asked = engine, []
+
+    def generate(self, requests, progress=None):
+        self.asked += requests
+        return self.engine.generate(requests)
+
+    def logprobs(self, requests, progress=None):
+        self.asked += requests
+        return self.engine.logprobs(requests)
+
+
+def test_stored_values_come_back_bit_for_bit():
+    scores = TokenScores([-0.1234567, -3.5], [True, False], [-1.25, -0.000123], [0.5, 2.0])
+    float32 = TokenScores(*(torch.tensor(x, dtype=torch.float32).tolist() if i != 1 else x
+                            for i, x in enumerate([scores.logprobs, scores.greedy_match, scores.mu, scores.sigma])))
+    assert _decode(_encode(float32)) == float32
+    assert _decode(_encode("naïve café\n")) == "naïve café\n"
+    assert _decode(_encode("")) == ""
+    empty = TokenScores([], [], [], [])
+    assert _decode(_encode(empty)) == empty
+
+
+def test_second_evaluation_of_the_same_weights_is_served_from_the_cache(tiny, tmp_path):
+    model, tok = tiny
+    cache = EvalCache(tmp_path / "evals.sqlite")
+    key = model_key(model, tok, HFEngine(model, tok).settings())
+    first = Counting(HFEngine(model, tok))
+    fresh_lp = CachedEngine(first, cache, key).logprobs(REQUESTS)
+    fresh_gen = CachedEngine(first, cache, key).generate(PROMPTS)
+    assert len(first.asked) == 4
+
+    again = Counting(HFEngine(model, tok))
+    cached = CachedEngine(again, cache, key)
+    assert cached.logprobs(REQUESTS) == fresh_lp       # exact equality, not approximate
+    assert cached.generate(PROMPTS) == fresh_gen
+    assert again.asked == []
+    assert cached.counts == {"cache_hits": 4, "cache_misses": 4}  # the shared cache object counts both rounds
+
+    # One new request among stored ones: only it is computed.
+    extra = LogprobRequest("Q:", " new")
+    out = cached.logprobs([REQUESTS[0], extra])
+    assert again.asked == [extra] and out[0] == fresh_lp[0]
+
+
+def test_changed_weights_or_settings_miss(tiny, tmp_path):
+    model, tok = tiny
+    settings = HFEngine(model, tok).settings()
+    before = model_key(model, tok, settings)
+    assert model_key(model, tok, {**settings, "max_length": 7}) != before
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[3, 5] += 1e-3   # one value, deep inside the model
+    assert model_key(model, tok, settings) != before
+
+
+def test_rerun_reuses_outputs_and_no_eval_cache_does_not(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    quick = ["--benchmark", "synthetic", "--model", "tiny-random", "--limit", "2", "--methods", "ga",
+             "--set", "finetune.epochs=1", "--set", "train.epochs=1", "--no-save-models"]
+    assert main(["run", "--results-dir", str(tmp_path / "a"), *quick]) == 0
+    assert main(["run", "--results-dir", str(tmp_path / "b"), *quick]) == 0
+    assert main(["run", "--results-dir", str(tmp_path / "c"), "--no-eval-cache", *quick]) == 0
+
+    def record(folder, method):
+        return json.loads(next((tmp_path / folder).glob(f"synthetic/tiny-random/{method}/*.json")).read_text())
+
+    for method in ("target", "retain", "ga"):
+        a, b, c = record("a", method), record("b", method), record("c", method)
+        assert a["eval_counts"]["cache_hits"] == 0 and a["eval_counts"]["cache_misses"] > 0
+        # Training is deterministic on CPU, so even the unlearned model has the same weights.
+        assert b["eval_counts"]["cache_misses"] == 0 and b["eval_counts"]["cache_hits"] == a["eval_counts"]["cache_misses"]
+        assert "cache_hits" not in c["eval_counts"]
+        assert a["aggregates"] == b["aggregates"] == pytest.approx(c["aggregates"], abs=1e-9)
+        assert a["per_sample"] == b["per_sample"]
