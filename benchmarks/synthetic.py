@@ -67,7 +67,7 @@ class Synthetic(Benchmark):
         Column("rouge_f", "ROUGE f", "down", "knowledge", digits=3),
         Column("prob_f", "Prob f", "down", "knowledge", digits=3),
         Column("es_f", "ES f", "down", "knowledge", digits=3),
-        Column("forget_quality", "Forget quality", "up", "knowledge", digits=3),
+        Column("forget_quality", "Forget quality", "up", "knowledge", digits=3, sci_below=0.01),
         Column("privleak", "PrivLeak", "ref", "privacy", target=0.0, digits=1),
         Column("rouge_r", "ROUGE r", "up", "utility", digits=3),
         Column("prob_r", "Prob r", "up", "utility", digits=3),

@@ -168,7 +168,7 @@ class Tofu(Benchmark):
     columns = [
         # Spans many orders of magnitude (1e-25 .. 1); Column has fixed decimals only, so 4 digits
         # for now: issue 6 will add scientific formatting.
-        Column("forget_quality", "Forget quality", "up", "knowledge", digits=4),
+        Column("forget_quality", "Forget quality", "up", "knowledge", digits=4, sci_below=0.01),
         Column("model_utility", "Model utility", "up", "utility", digits=3),
         Column("rouge_f", "ROUGE f", "down", "knowledge", digits=3),
         Column("prob_f", "Prob f", "down", "knowledge", digits=3),

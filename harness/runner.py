@@ -340,7 +340,7 @@ class PerEpoch:
                 self.kept = (epoch, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
         keep = {epoch, self.kept[0] if self.kept else epoch}
         self.outputs = {e: o for e, o in self.outputs.items() if e in keep}
-        cells = [f"{c.label} {out['aggregates'][c.key]:.{c.digits}f}" for c in self.runner.bench_cls.columns
+        cells = [f"{c.label} {c.format(out['aggregates'][c.key])}" for c in self.runner.bench_cls.columns
                  if isinstance(out["aggregates"].get(c.key), (int, float))]
         self.runner.log(f"  {self.method} epoch {epoch} eval: {' | '.join(cells)}")
 
@@ -370,7 +370,7 @@ def save_model_atomically(loaded, folder: Path) -> None:
 
 def one_line_summary(record: dict, columns, path: Path) -> str:
     agg = record.get("aggregates", {})
-    cells = [f"{c.label} {agg[c.key]:.{c.digits}f}" for c in columns if c.key in agg]
+    cells = [f"{c.label} {c.format(agg[c.key])}" for c in columns if c.key in agg]
     t = record.get("timings", {})
     timing = f"train {t['train_s']:.0f} s, " if "train_s" in t else ""
     status = "" if record["status"] == "ok" else f" [{record['status'].upper()}]"

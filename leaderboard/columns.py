@@ -34,6 +34,16 @@ class Column:
     family: str
     target: float | None = None
     digits: int = 1
+    sci_below: float = 0.0   # non-zero values smaller than this in magnitude are written as 1.8e-21
+
+    def format(self, value: float) -> str:
+        """Fixed point with ``digits`` decimals, or two significant digits in scientific
+        notation for tiny values (a forget quality of 1e-21 is not '0.000')."""
+        from .markdown import format_value
+
+        if math.isfinite(value) and value != 0 and abs(value) < self.sci_below:
+            return f"{value:.1e}"
+        return format_value(value, self.digits)
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, str) or not self.key:

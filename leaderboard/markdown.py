@@ -135,10 +135,28 @@ class _Row:
         )
 
     def sort_key(self) -> tuple:
-        base = (self.label.casefold(), self.label, self.method, self.config_id)
+        base = (self.label.casefold(), self.label, self.method, _settings_order(self.records[0]), self.config_id)
         if self.kind == "reference":
             return (0, REFERENCE_ORDER.get(self.method, len(REFERENCE_ORDER)), *base)
         return (1, 0, *base)
+
+
+def _settings_order(record: Mapping[str, Any]) -> tuple:
+    """Rows of one method (a sweep) in the natural order of their settings: r=-2 < r=-1 < r=0."""
+    config = record.get("config") if isinstance(record.get("config"), Mapping) else {}
+    out = []
+    for section in ("method_config", "train"):
+        values = config.get(section) if isinstance(config.get(section), Mapping) else {}
+        for key in sorted(values, key=str):
+            value = values[key]
+            number = _number(value)
+            if number is None and isinstance(value, str):
+                try:
+                    number = float(value)   # e.g. SGA's r, kept as text because it may be "auto"
+                except ValueError:
+                    pass
+            out.append((str(key), (0, number, "") if number is not None else (1, 0.0, str(value))))
+    return tuple(out)
 
 
 def _kind(record: Mapping[str, Any]) -> str:
@@ -160,10 +178,10 @@ def _aggregate(records: Sequence[Mapping[str, Any]], column: Column) -> _Value:
 
     if all(math.isfinite(v) for v in values):
         mean = statistics.mean(values)  # exact (rational) arithmetic: independent of order
-        text = format_value(mean, column.digits)
+        text = column.format(mean)
         score: Decimal | None = Decimal(text)
         if len(values) > 1:
-            text += " ± " + format_value(statistics.stdev(values), column.digits)
+            text += " ± " + column.format(statistics.stdev(values))
     else:
         if any(math.isnan(v) for v in values) or (math.inf in values and -math.inf in values):
             mean = math.nan

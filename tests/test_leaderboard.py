@@ -285,3 +285,25 @@ def test_write_leaderboard_writes_same_text(tmp_path, text):
     write_leaderboard(fixture_records()[:2], COLUMNS, path)
     assert path.read_text(encoding="utf-8") == render_leaderboard(fixture_records()[:2], COLUMNS)
     assert sorted(p.name for p in path.parent.iterdir()) == ["LEADERBOARD.md"]
+
+
+def test_tiny_forget_quality_is_written_in_scientific_notation():
+    from harness.leaderboard.columns import Column
+
+    fq = Column("forget_quality", "Forget quality", "up", "knowledge", digits=3, sci_below=0.01)
+    assert fq.format(1.834e-21) == "1.8e-21"
+    assert fq.format(0.0031) == "3.1e-03"
+    assert fq.format(0.4567) == "0.457"
+    assert fq.format(0.0) == "0.000"
+    assert Column("x", "X", "up", "utility", digits=3).format(1e-21) == "0.000"   # off unless asked for
+
+
+def test_sweep_rows_of_one_method_follow_their_settings_in_numeric_order():
+    records = []
+    for r, cfg in (("0", "c1"), ("-2", "a9"), ("-0.2", "ff"), ("auto", "00")):
+        record = rec("sga", "SGA", 0, {"verbmem_f": 1.0}, cfg=cfg)
+        record["config"] = {"method_config": {"K": 4, "r": r}, "train": {"lr": 1e-4}}
+        records.append(record)
+    rows = table_rows(render_leaderboard(records, COLUMNS))
+    order = [row[0].split("/sga/")[1].split("-seed")[0] for row in rows]
+    assert order == ["a9", "ff", "c1", "00"]   # r = -2, -0.2, 0, then the non-numeric 'auto'
