@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUN_ARGS ?=   # e.g. make run RUN_ARGS=--force to recompute the committed records
 
 .PHONY: run test install clean-venv
 
@@ -17,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/harness run --methods all --benchmark synthetic
+	$(BIN)/harness run --methods all --benchmark synthetic $(RUN_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

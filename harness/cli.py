@@ -203,7 +203,10 @@ def cmd_bench(args) -> int:
     no_training = args.methods.strip().lower() == "none"
     runner = Runner(_request(args, methods="all" if no_training else args.methods), None, _log)
     loaded = load_model(args.model, runner.device, args.trust_remote_code)
-    args.batch_size, args.max_length = runner.eval_cfg.batch_size, runner.eval_cfg.max_length
+    from harness.engine import auto_batch_size
+
+    args.batch_size = runner.eval_cfg.batch_size or auto_batch_size(loaded.model, runner.device)
+    args.max_length = runner.eval_cfg.max_length
     report(runner.bench, loaded, args, [] if no_training else runner.methods, runner.method_configs, runner.device)
     return 0
 

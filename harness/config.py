@@ -20,7 +20,7 @@ from harness.training import TrainConfig
 
 @dataclass
 class EvalConfig:
-    batch_size: int = 32        # sequences per forward pass in the evaluation engine
+    batch_size: int = 0         # sequences per forward pass; 0 = from free GPU memory (32 on CPU)
     max_length: int = 2048      # tokens per scored text
     per_epoch: bool = False     # also evaluate after every unlearning epoch (training curves)
     select: str = "last"        # checkpoint-selection rule applied to every method alike (see selection.py)

@@ -59,6 +59,30 @@ class StopOnStrings(StoppingCriteria):
         return torch.tensor([any(s in t for s in self.stops) for t in texts], device=input_ids.device)
 
 
+CPU_BATCH = 32            # on CPU compute is the limit: larger batches only cost memory
+NOMINAL_TOKENS = 512      # the sequence length the GPU estimate plans for; longer batches may halve
+
+
+def auto_batch_size(model, device, free_bytes: int | None = None) -> int:
+    """Sequences per batch from free GPU memory (``eval.batch_size=0``); 32 on CPU.
+
+    Per token: the KV cache, a few hidden-sized activations, and three vocabulary-sized rows
+    (logits, log-softmax, probabilities) at a scored position. A rough estimate on purpose,
+    using 60% of free memory: a batch that still runs out of memory is halved and retried.
+    """
+    if device.type != "cuda":
+        return CPU_BATCH
+    if free_bytes is None:
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+    c = model.config
+    width = next(model.parameters()).element_size()
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    per_token = (2 * c.num_hidden_layers * kv_heads * head_dim * width + 12 * c.hidden_size * width
+                 + 3 * c.vocab_size * 4)
+    return int(max(1, min(256, 0.6 * free_bytes // (per_token * NOMINAL_TOKENS))))
+
+
 def _is_oom(exc: BaseException) -> bool:
     text = str(exc).lower()
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
@@ -69,14 +93,15 @@ class HFEngine:
 
     def __init__(self, model, tokenizer, batch_size: int = 16, max_length: int = 2048, share_prompts: bool = True):
         self.model, self.tokenizer = model, tokenizer
-        self.batch_size, self.max_length = batch_size, max_length
+        self.device = next(model.parameters()).device
+        self.batch_size = batch_size if batch_size > 0 else auto_batch_size(model, self.device)
+        self.max_length = max_length
         self.share_prompts = share_prompts   # run a prompt once for all continuations scored under it
         self.sort_by_length = True           # batch similar lengths together (off only for the naive baseline)
         self.head_at_kept_positions = (
             getattr(getattr(model, "config", None), "model_type", None) in HEAD_ONLY_AT_KEPT_POSITIONS
             and hasattr(model, "base_model_prefix") and hasattr(model, "get_output_embeddings")
         )
-        self.device = next(model.parameters()).device
         self.oom_retries = 0   # how often a batch was halved after running out of memory
 
     def settings(self) -> dict:

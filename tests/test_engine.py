@@ -135,3 +135,18 @@ def test_head_on_scored_positions_only_equals_full_logits(tiny):
     full.head_at_kept_positions = False
     assert fast.head_at_kept_positions
     assert _max_gap(fast.logprobs(requests), full.logprobs(requests)) < 1e-5
+
+
+def test_auto_batch_size_follows_free_memory_and_is_32_on_cpu(tiny):
+    from harness.engine import CPU_BATCH, auto_batch_size
+
+    model, tok = tiny
+    assert auto_batch_size(model, torch.device("cpu")) == CPU_BATCH == HFEngine(model, tok, batch_size=0).batch_size
+    gpu = torch.device("cuda")
+    c = model.config
+    per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 4 \
+        + 12 * c.hidden_size * 4 + 3 * c.vocab_size * 4
+    free = 10 * per_token * 512
+    assert auto_batch_size(model, gpu, free_bytes=free) == 6          # 60% of room for 10 sequences
+    assert auto_batch_size(model, gpu, free_bytes=1) == 1             # never below one
+    assert auto_batch_size(model, gpu, free_bytes=10**15) == 256      # never above 256
