@@ -202,3 +202,57 @@ def test_registered_metrics_have_family_and_description():
         assert info.family in METRIC_FAMILIES
         assert info.description.strip()
         assert callable(info.fn) and info.fn is getattr(sc, name)
+
+
+# --- hand values not covered above -------------------------------------------------------------
+
+def test_forget_quality_exact_ks_p_value_by_hand():
+    # Fully separated samples of sizes n and m: D = 1, and under the null only the 2 orderings
+    # "all of one sample first" out of C(n+m, n) reach it, so the exact two-sided p = 2 / C(n+m, n).
+    assert sc.forget_quality([0.1, 0.2, 0.3], [0.7, 0.8, 0.9]) == pytest.approx(2 / math.comb(6, 3))  # 0.1
+    assert sc.forget_quality([0.9, 0.8, 0.7, 0.6], [0.1, 0.2, 0.3, 0.4]) == pytest.approx(2 / math.comb(8, 4))
+    # Arrays and lists, any order, give the same p-value.
+    assert sc.forget_quality(np.array([0.3, 0.1, 0.2]), [0.9, 0.7, 0.8]) == pytest.approx(0.1)
+
+
+def test_muse_auc_and_mia_auc_with_ties_by_hand():
+    # MUSE AUC = share of (forget, holdout) pairs in which the forget score is the higher one
+    # (looks less like a member), ties counting 1/2. forget {1, 2, 4} vs holdout {2, 3}:
+    # 1: 0 + 0; 2: tie 1/2 + 0; 4: 1 + 1 -> 2.5 of 6 pairs.
+    assert sc.muse_auc([1.0, 2.0, 4.0], [2.0, 3.0]) == pytest.approx(2.5 / 6)
+    assert sc.mia_auc([1.0, 2.0, 4.0], [2.0, 3.0]) == pytest.approx(3.5 / 6)
+    # PrivLeak of that AUC against the published MUSE-News retrain AUC.
+    assert sc.privleak(2.5 / 6, sc.MUSE_NEWS_RETRAIN_AUC) == pytest.approx((2.5 / 6 - 0.4772) / 0.4772 * 100)
+
+
+def test_min_k_score_on_unsorted_log_probs_by_hand():
+    # 7 tokens, k = 0.4 -> int(2.8) = 2 lowest: -6 and -3.5 -> 4.75; k = 0.5 -> 3 lowest -> (6 + 3.5 + 2) / 3.
+    lps = [-0.5, -6.0, -1.0, -2.0, -3.5, -0.1, -1.5]
+    assert sc.min_k_score(lps) == pytest.approx(4.75)
+    assert sc.min_k_score(lps, k=0.5) == pytest.approx(11.5 / 3)
+
+
+def test_model_utility_nine_numbers_by_hand():
+    values = [0.5, 0.25, 0.5, 1.0, 0.5, 0.5, 0.25, 1.0, 0.5]
+    assert sc.model_utility(values) == pytest.approx(9 / (2 + 4 + 2 + 1 + 2 + 2 + 4 + 1 + 2))  # 0.45
+
+
+def test_scoring_exports_are_consistent():
+    import inspect
+
+    from harness.scoring import aggregate, memorization, privacy, probability, text
+
+    exported = set(sc.__all__)
+    assert len(exported) == len(sc.__all__)
+    for name in exported:
+        assert hasattr(sc, name), name
+    public = {
+        name: obj
+        for module in (aggregate, memorization, privacy, probability, text)
+        for name, obj in vars(module).items()
+        if inspect.isfunction(obj) and obj.__module__ == module.__name__ and not name.startswith("_")
+    }
+    assert set(public) <= exported  # every public function of a scoring module is exported
+    for name, fn in public.items():
+        assert getattr(sc, name) is fn
+        assert fn.__doc__ and fn.__doc__.strip(), f"{name} has no docstring"
