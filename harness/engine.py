@@ -9,6 +9,7 @@ pass over that prompt through its KV cache.
 """
 from __future__ import annotations
 
+import copy
 import itertools
 from dataclasses import dataclass
 
@@ -194,32 +195,60 @@ class HFEngine:
     def generate(self, requests: list[GenerationRequest], progress=None) -> list[str]:
         tok = self.tokenizer
         encoded = [tok(r.prompt, add_special_tokens=True)["input_ids"] or [tok.bos_token_id] for r in requests]
-        # Batch only requests with the same settings; inside a group, similar lengths together.
+        clusters = _prefix_clusters(encoded) if self.share_prompts else [-1] * len(encoded)
+        # Batch only requests with the same settings and shared-prefix cluster; inside, similar lengths.
         by_length = (lambda i: len(encoded[i])) if self.sort_by_length else (lambda i: 0)  # noqa: E731
-        order = sorted(range(len(requests)), key=lambda i: (requests[i].max_new_tokens, requests[i].stop, by_length(i)))
+        setting = lambda i: (requests[i].max_new_tokens, requests[i].stop, clusters[i])  # noqa: E731
+        order = sorted(range(len(requests)), key=lambda i: (*setting(i), by_length(i)))
+        prefix_caches: dict[tuple, object] = {}
 
         def next_group(start: int) -> list[int]:
-            head = requests[order[start]]
             group = [order[start]]
             while len(group) < self.batch_size and start + len(group) < len(order):
-                candidate = requests[order[start + len(group)]]
-                if (candidate.max_new_tokens, candidate.stop) != (head.max_new_tokens, head.stop):
+                if setting(order[start + len(group)]) != setting(order[start]):
                     break
                 group.append(order[start + len(group)])
             return group
 
-        work = lambda group: self._generate_group([encoded[i] for i in group], requests[group[0]])  # noqa: E731
+        def work(group: list[int]) -> list[str]:
+            prompts = [encoded[i] for i in group]
+            prefix = _common_prefix(prompts) if clusters[group[0]] >= 0 and len(group) > 1 else ()
+            if len(prefix) < MIN_SHARED_PREFIX:
+                prefix = ()
+            return self._generate_group(prompts, requests[group[0]], prefix, prefix_caches)
+
         done = self._in_batches(order, next_group, work, progress, "generate")
         return [done[i] for i in range(len(requests))]
 
-    def _generate_group(self, prompts: list[list[int]], head: GenerationRequest) -> list[str]:
+    def _prefix_cache(self, prefix: tuple, caches: dict):
+        """The KV cache of a shared prompt prefix (e.g. MUSE's 10-shot examples), computed once."""
+        if prefix not in caches:
+            ids = torch.tensor([prefix], device=self.device)
+            run = getattr(self.model, self.model.base_model_prefix) if self.head_at_kept_positions else self.model
+            caches.clear()   # batches come grouped by prefix: keep only the current one
+            caches[prefix] = run(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True).past_key_values
+        return caches[prefix]
+
+    def _generate_group(self, prompts: list[list[int]], head: GenerationRequest, prefix: tuple = (), caches=None) -> list[str]:
+        """Greedy generation for one batch. With a shared ``prefix`` the rows are laid out as
+        [prefix | left padding | rest of prompt]: the prefix sits at the same positions in every
+        row, so its KV cache (computed once) serves them all, and positions computed from the
+        attention mask are those of the unpadded prompt."""
         tok = self.tokenizer
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), tok.pad_token_id, dtype=torch.long)
+        n = len(prefix)
+        rests = [p[n:] for p in prompts]
+        width = max(len(r) for r in rests)
+        ids = torch.full((len(prompts), n + width), tok.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
-        for row, p in enumerate(prompts):  # left padding: every prompt ends at the same column
-            ids[row, width - len(p) :] = torch.tensor(p)
-            mask[row, width - len(p) :] = 1
+        ids[:, :n], mask[:, :n] = torch.tensor(prefix, dtype=torch.long), 1
+        for row, r in enumerate(rests):  # left padding of the rest: every prompt ends at the same column
+            ids[row, n + width - len(r) :] = torch.tensor(r)
+            mask[row, n + width - len(r) :] = 1
+        extra = {}
+        if n:
+            cache = copy.deepcopy(self._prefix_cache(prefix, caches))
+            cache.batch_repeat_interleave(len(prompts))
+            extra["past_key_values"] = cache
         generated = self.model.generate(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
@@ -227,9 +256,10 @@ class HFEngine:
             do_sample=False,
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
-            stopping_criteria=[StopOnStrings(tok, head.stop, width)] if head.stop else None,
+            stopping_criteria=[StopOnStrings(tok, head.stop, n + width)] if head.stop else None,
+            **extra,
         )
-        texts = tok.batch_decode(generated[:, width:], skip_special_tokens=True)
+        texts = tok.batch_decode(generated[:, n + width :], skip_special_tokens=True)
         return [truncate_at_stop(t, head.stop) if head.stop else t for t in texts]
 
     def _in_batches(self, order: list[int], next_group, work, progress, desc: str) -> dict:
@@ -315,6 +345,30 @@ class HFEngine:
 
 # Model types whose logits are exactly lm_head(final hidden state): no logit scaling or soft-capping.
 HEAD_ONLY_AT_KEPT_POSITIONS = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi", "phi3", "olmo", "olmo2", "gpt_neox", "smollm3"})
+
+
+MIN_SHARED_PREFIX = 64   # tokens: shorter shared prompt prefixes are not worth a separate cache
+
+
+def _prefix_clusters(encoded: list[list[int]]) -> list[int]:
+    """A cluster id per prompt: prompts that share their first MIN_SHARED_PREFIX tokens (and
+    have at least one more) are generated together from one prefix cache; -1 for the rest."""
+    keys = [tuple(ids[:MIN_SHARED_PREFIX]) if len(ids) > MIN_SHARED_PREFIX else None for ids in encoded]
+    counts: dict[tuple, int] = {}
+    for k in keys:
+        if k is not None:
+            counts[k] = counts.get(k, 0) + 1
+    ids: dict[tuple, int] = {}
+    return [ids.setdefault(k, len(ids)) if k is not None and counts[k] > 1 else -1 for k in keys]
+
+
+def _common_prefix(prompts: list[list[int]]) -> tuple:
+    """The longest common token prefix, leaving every prompt at least one token of its own."""
+    n = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    for p in prompts[1:]:
+        n = min(n, next((j for j in range(n) if p[j] != first[j]), n))
+    return tuple(first[: max(0, n)])
 
 
 def _prompt_length(encoded: tuple[list[int], list[int]]) -> int:

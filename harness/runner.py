@@ -251,8 +251,11 @@ class Runner:
         forget = self.bench.forget_train()
         steps_per_epoch, total, final_epoch = epoch_plan(len(forget), train_cfg)
         per_epoch = PerEpoch(self, loaded, reference, method.name, final_epoch) if self.eval_cfg.per_epoch else None
-        result = train(loaded.model, loaded.tokenizer, method, forget, self.bench.retain_train(),
-                       train_cfg, self.req.seed, self.progress, log=self.log, on_epoch_end=per_epoch)
+        try:
+            result = train(loaded.model, loaded.tokenizer, method, forget, self.bench.retain_train(),
+                           train_cfg, self.req.seed, self.progress, log=self.log, on_epoch_end=per_epoch)
+        except HarnessError as exc:  # this method's settings do not fit this data: fail its cell only
+            raise MethodSettingsError(str(exc)) from None
         if result.status != "ok":  # diverged: the weights at that point, whatever the rule
             out = self._evaluate(loaded, reference)
             chosen = selection.Selection(self.rule.name, None, f"the run diverged at step {result.diverged_at_step}; "
@@ -306,6 +309,14 @@ class Runner:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+class MethodSettingsError(Exception):
+    """A method refused its settings on this data (e.g. SGA's K above the retain items).
+
+    Not a HarnessError on purpose: it fails that method's cell, recorded with the message,
+    and the run goes on with the other methods.
+    """
 
 
 #: eval settings that change how method rows are chosen, never a reference row's scores

@@ -289,6 +289,23 @@ def _legend(columns: Sequence[Column]) -> str:
     )
 
 
+def _data_cut(records: Sequence[Mapping[str, Any]]) -> str:
+    """How the runs cut the benchmark down (``--limit``, ``benchmark.*`` overrides), if they did."""
+    limits, overrides = set(), set()
+    for r in records:
+        config = r.get("config") if isinstance(r.get("config"), Mapping) else {}
+        if config.get("limit") is not None:
+            limits.add(str(config["limit"]))
+        given = r.get("overrides") if isinstance(r.get("overrides"), Mapping) else {}
+        overrides.update(f"{k}={v}" for k, v in given.items() if str(k).startswith("benchmark."))
+    parts = []
+    if limits:
+        parts.append(f"--limit {' / '.join(sorted(limits, key=lambda s: (len(s), s)))} (first N items of every split)")
+    if overrides:
+        parts.append(", ".join(sorted(overrides)))
+    return "; ".join(parts)
+
+
 def _render_section(benchmark: str, model: str, records: Sequence[Mapping[str, Any]],
                     columns: Sequence[Column] | None) -> str:
     known = columns is not None
@@ -297,6 +314,9 @@ def _render_section(benchmark: str, model: str, records: Sequence[Mapping[str, A
 
     sources = sorted({str(s) for r in records if (s := (r.get("data") or {}).get("source"))})
     intro = f"Data: {'; '.join(sources) if sources else 'not recorded'}."
+    cut = _data_cut(records)
+    if cut:
+        intro += f" Reduced: {cut}."
     legend = _legend(columns)
     if legend:
         intro += " " + legend

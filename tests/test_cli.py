@@ -201,3 +201,22 @@ def test_method_needing_retain_on_a_benchmark_without_it(capsys, tmp_path):
                     "--model", "tiny-random", "--results-dir", str(tmp_path)], capsys)
     assert err == ("error: method 'graddiff' needs retain data, but benchmark 'forget-only' has no retain split. "
                    "Leave it out of --methods, or use a method that needs forget data only (e.g. ga, npo, flat).")
+
+
+def test_method_whose_settings_do_not_fit_fails_its_cell_and_the_run_goes_on(tmp_path, capsys):
+    results = tmp_path / "results"
+    code = main(["run", "--methods", "sga,ga", "--results-dir", str(results), *QUICK, "--set", "sga.K=50"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "sga: MethodSettingsError: sga.normal_source=random with K=50 needs at least 49 retain items" in err
+    sga = json.loads(next(results.glob("synthetic/tiny-random/sga/*.json")).read_text())
+    assert sga["status"] == "failed" and "Lower sga.K or supply a larger retain split" in sga["error"]
+    ga = json.loads(next(results.glob("synthetic/tiny-random/ga/*.json")).read_text())
+    assert ga["status"] == "ok"
+    assert "[GA](" in (results / "LEADERBOARD.md").read_text()
+
+
+def test_leaderboard_says_how_the_benchmark_was_cut_down(finished_run):
+    _, results = finished_run
+    board = (results / "LEADERBOARD.md").read_text()
+    assert "Reduced: --limit 3 (first N items of every split)." in board

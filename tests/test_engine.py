@@ -150,3 +150,21 @@ def test_auto_batch_size_follows_free_memory_and_is_32_on_cpu(tiny):
     assert auto_batch_size(model, gpu, free_bytes=free) == 6          # 60% of room for 10 sequences
     assert auto_batch_size(model, gpu, free_bytes=1) == 1             # never below one
     assert auto_batch_size(model, gpu, free_bytes=10**15) == 256      # never above 256
+
+
+def test_generation_from_a_shared_prefix_cache_equals_plain_generation(tiny):
+    """Few-shot prompts (MUSE KnowMem) share a long prefix: it runs once per batch of questions."""
+    model, tok = tiny
+    shots = "Question: What is the capital of the made-up land?\nAnswer: Zorbia\n\n" * 2   # > 64 byte tokens
+    questions = ["Who?", "What is the longest river there, by far?", "When?", "Why not?"]
+    requests = [GenerationRequest(f"{shots}Question: {q}\nAnswer:", 8, ("\n",)) for q in questions]
+    requests += [GenerationRequest("A short unshared prompt:", 8, ("\n",))]
+    engine = HFEngine(model, tok, batch_size=3)
+    built = []
+    original = engine._prefix_cache
+    engine._prefix_cache = lambda prefix, caches: built.append(len(prefix)) or original(prefix, caches)
+    shared = engine.generate(requests)
+    plain = HFEngine(model, tok, batch_size=3, share_prompts=False).generate(requests)
+    single = [HFEngine(model, tok, batch_size=1, share_prompts=False).generate([r])[0] for r in requests]
+    assert shared == plain == single
+    assert built and min(built) >= len(tok(shots)["input_ids"])   # the whole few-shot block was cached

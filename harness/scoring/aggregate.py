@@ -42,7 +42,7 @@ def model_utility(values: Sequence[float]) -> float:
 
 @metric(
     "forget_quality",
-    "privacy",
+    "knowledge",   # as in the leaderboard columns: it tests the forget-set answers (truth ratios)
     "TOFU forget quality: KS-test p-value between the unlearned and retain models' per-item forget truth ratios.",
 )
 def forget_quality(unlearned_ratios: Sequence[float], retain_ratios: Sequence[float] | None) -> float:
