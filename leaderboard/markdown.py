@@ -336,7 +336,7 @@ def _render_section(benchmark: str, model: str, records: Sequence[Mapping[str, A
     best = {c.key: _best_rows(rows, c) for c in columns}
     show_commit = any(r.get("commit") for r in records)
 
-    headers = ["Model / method", *(c.header() for c in columns), "Seeds", "Settings"]
+    headers = ["Model / method", *(c.header() for c in columns), "Seed(s)", "Settings"]
     align = ["left", *("right" for _ in columns), "right", "left"]
     if show_commit:
         headers.append("Commit")

@@ -646,7 +646,7 @@ def _section(table: PaperTable, model: str | None, records: Sequence[Mapping[str
                 out.append(numbers[note])
         return ",".join(_superscript(n) for n in out)
 
-    headers = ["Row", "Harness run", *(h for c in table.columns for h in c.headers()), "Seeds"]
+    headers = ["Row", "Harness run", *(h for c in table.columns for h in c.headers()), "Seed(s)"]
     align = ["left", "left", *("right" for _ in table.columns for _ in range(3)), "right"]
     body = []
     for row in table.rows:

@@ -111,7 +111,7 @@ def test_section_heading_source_legend_and_headers(text):
     for phrase in ("↑ higher is better", "↓ lower is better", "→ closer to the given value is better"):
         assert phrase in intro
     assert header_cells(text) == [
-        "Model / method", "VerbMem f ↓", "KnowMem r ↑", "PrivLeak → 0", "Fluency ↑", "Seeds", "Settings", "Commit",
+        "Model / method", "VerbMem f ↓", "KnowMem r ↑", "PrivLeak → 0", "Fluency ↑", "Seed(s)", "Settings", "Commit",
     ]
     assert "|----" in text  # GitHub table delimiter row
     assert text.endswith("\n") and not text.endswith("\n\n")

@@ -193,7 +193,7 @@ def test_muse_news_cells():
     klr = rows["GA_KLR"]
     assert cell(headers, klr, "Harness run") == "graddiff (retain_loss=kl)"
     assert cell(headers, klr, "VerbMem f ↓ ours") == "27.0 ± 1.4" and cell(headers, klr, "VerbMem f Δ") == "-0.4"
-    assert cell(headers, klr, "Seeds") == "0, 1"
+    assert cell(headers, klr, "Seed(s)") == "0, 1"
     assert cell(headers, rows["GA_GDR"], "KnowMem f ↓ ours") == "30.0"
     for name in ("NPO_GDR", "NPO_KLR", "Task Vector", "WHP"):
         assert cell(headers, rows[name], "VerbMem f ↓ ours") == NOT_RUN
@@ -251,7 +251,7 @@ def test_sga_unknown_cells_and_ambiguous_configurations():
                for h in ("Forget quality paper", "Model utility paper"))
     # SGA ran on two splits: the configuration with more seeds is shown and the other one named.
     assert cell(headers, rows["SGA"], "Forget quality ↑ ours") == "0.015 ± 0.00707"
-    assert cell(headers, rows["SGA"], "Seeds") == "0, 1"
+    assert cell(headers, rows["SGA"], "Seed(s)") == "0, 1"
     assert ("1 other configuration(s) also match 'SGA' (config sga0100); shown: config sga0500 "
             "(benchmark_config.split=forget05), the one with the most seeds.") in tofu_part
     # The review's range is a note on the unknown cell, never a number in it.

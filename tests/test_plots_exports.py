@@ -106,7 +106,7 @@ def test_exports_hold_the_markdown_rows_and_values():
     checked = 0
     for crow, jrow in zip(csv_rows, json_rows):
         md = board[(crow["benchmark"], crow["model"], crow["row"])]
-        assert md["Seeds"] == crow["seeds"] == jrow["seeds"]
+        assert md["Seed(s)"] == crow["seeds"] == jrow["seeds"]
         for column in COLUMNS[crow["benchmark"]]:
             cell = md[column.header()].strip("*")
             mean = float(crow[column.key]) if crow[column.key] else None
