@@ -142,7 +142,7 @@ def time_one_step(method_name: str, model, tokenizer, bench, train_cfg: TrainCon
     return StepFigures(method_name, t2 - t1, tokens / (t2 - t1), p2 - p1, r2 - r1, result.reference_forward_passes)
 
 
-def evaluate_both(bench, model, tokenizer, batch_size: int, max_length: int, reference=None):
+def evaluate_both(bench, model, tokenizer, batch_size: int, max_length: int):
     """The shared and the naive evaluation of one model, after a small warm-up."""
     plan = bench.eval_plan()
     warm = EvalPlan(  # the first generate/forward call pays one-off set-up costs: keep them out of both

@@ -319,8 +319,9 @@ class HFEngine:
 
     def _score_shared(self, shared: dict[tuple, list[int]], encoded, results: list, progress) -> None:
         """Batches of whole prompt groups (a group larger than a batch is split), by length."""
+        prompt_of = {i: prompt for prompt, members in shared.items() for i in members}
         units = [members[i : i + self.batch_size] for members in shared.values() for i in range(0, len(members), self.batch_size)]
-        units.sort(key=lambda u: (_prompt_length(encoded[u[0]]), max(len(encoded[i][0]) for i in u)))
+        units.sort(key=lambda u: (len(prompt_of[u[0]]), max(len(encoded[i][0]) for i in u)))
         flat = [i for u in units for i in u]
         bounds = set(itertools.accumulate(len(u) for u in units))
 
@@ -334,9 +335,8 @@ class HFEngine:
             prompts: dict[tuple, int] = {}
             rows = []
             for i in group:
-                ids, labels = encoded[i]
-                n = _prompt_length(encoded[i])
-                rows.append((prompts.setdefault(tuple(ids[:n]), len(prompts)), ids[n:]))
+                prompt = prompt_of[i]
+                rows.append((prompts.setdefault(prompt, len(prompts)), encoded[i][0][len(prompt) :]))
             return self._score_shared_prompts([list(p) for p in prompts], rows)
 
         for i, scores in self._in_batches(flat, next_group, work, progress, "log-probs (shared prompts)").items():

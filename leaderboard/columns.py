@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from decimal import Decimal
 
 #: direction -> the arrow shown in headers and the legend, and what it means.
 DIRECTIONS: dict[str, tuple[str, str]] = {
@@ -12,6 +13,26 @@ DIRECTIONS: dict[str, tuple[str, str]] = {
 }
 
 FAMILIES: tuple[str, ...] = ("verbatim", "knowledge", "privacy", "utility", "auxiliary")
+
+
+def format_value(value: float, digits: int) -> str:
+    """Fixed-point text with ``digits`` decimals; never '-0.0'; 'nan', 'inf', '-inf' as such."""
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    text = f"{value:.{digits}f}"
+    if text.startswith("-") and Decimal(text) == 0:
+        text = text[1:]
+    return text
+
+
+def header_text(label: str, direction: str, target: float | None = None) -> str:
+    """'VerbMem f ↓', 'KnowMem r ↑', 'PrivLeak → 0': the label, its arrow, and a reference target."""
+    arrow = DIRECTIONS[direction][0]
+    if direction == "ref":
+        return f"{label} {arrow} {format_target(target)}"  # type: ignore[arg-type]
+    return f"{label} {arrow}"
 
 
 def format_target(value: float) -> str:
@@ -39,8 +60,6 @@ class Column:
     def format(self, value: float) -> str:
         """Fixed point with ``digits`` decimals, or two significant digits in scientific
         notation for tiny values (a forget quality of 1e-21 is not '0.000')."""
-        from .markdown import format_value
-
         if math.isfinite(value) and value != 0 and abs(value) < self.sci_below:
             return f"{value:.1e}"
         return format_value(value, self.digits)
@@ -70,12 +89,6 @@ class Column:
         if isinstance(self.digits, bool) or not isinstance(self.digits, int) or not 0 <= self.digits <= 10:
             raise ValueError(f"column '{self.key}': digits must be an integer from 0 to 10, got {self.digits!r}")
 
-    @property
-    def arrow(self) -> str:
-        return DIRECTIONS[self.direction][0]
-
     def header(self) -> str:
         """Header text: 'VerbMem f ↓', 'KnowMem r ↑', 'PrivLeak → 0'."""
-        if self.direction == "ref":
-            return f"{self.label} {self.arrow} {format_target(self.target)}"  # type: ignore[arg-type]
-        return f"{self.label} {self.arrow}"
+        return header_text(self.label, self.direction, self.target)

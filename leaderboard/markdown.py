@@ -25,7 +25,7 @@ from tabulate import tabulate
 
 from harness.results import atomic_write_text
 
-from .columns import DIRECTIONS, Column
+from .columns import DIRECTIONS, Column, format_value
 
 __all__ = ["render_leaderboard", "write_leaderboard", "format_value"]
 
@@ -35,18 +35,6 @@ _SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 
 # --------------------------------------------------------------------------- formatting
-
-
-def format_value(value: float, digits: int) -> str:
-    """Fixed-point text with ``digits`` decimals; never '-0.0'; 'nan', 'inf', '-inf' as such."""
-    if math.isnan(value):
-        return "nan"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    text = f"{value:.{digits}f}"
-    if text.startswith("-") and Decimal(text) == 0:
-        text = text[1:]
-    return text
 
 
 def _superscript(n: int) -> str:

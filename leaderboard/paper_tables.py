@@ -65,8 +65,8 @@ from tabulate import tabulate
 
 from harness.errors import HarnessError, unknown_name_error
 
-from .columns import DIRECTIONS, format_target
-from .markdown import _number, _record_key, format_value
+from .columns import DIRECTIONS, format_value, header_text
+from .markdown import _number, _record_key, _unique
 
 __all__ = [
     "PAPERS_DIR", "Paper", "PaperTable", "PaperRow", "PaperColumn", "Match",
@@ -182,14 +182,8 @@ class PaperColumn:
                    target=None if target is None else float(target), format=fmt, scale=float(scale),
                    compare=compare, delta_digits=delta_digits)
 
-    @property
-    def arrow(self) -> str:
-        return DIRECTIONS[self.direction][0]
-
     def header(self) -> str:
-        if self.direction == "ref":
-            return f"{self.label} {self.arrow} {format_target(self.target)}"  # type: ignore[arg-type]
-        return f"{self.label} {self.arrow}"
+        return header_text(self.label, self.direction, self.target)
 
     def headers(self) -> list[str]:
         delta = "Δlog10" if self.compare == "log10" else "Δ"
@@ -681,14 +675,6 @@ def _section(table: PaperTable, model: str | None, records: Sequence[Mapping[str
     if numbers:
         parts.append("\n".join(f"- {_superscript(n)} {_cell(note)}" for note, n in numbers.items()))
     return "\n\n".join(parts)
-
-
-def _unique(values: Iterable[str]) -> list[str]:
-    out: list[str] = []
-    for v in values:
-        if v not in out:
-            out.append(v)
-    return out
 
 
 def render_paper_table(paper: Paper, records: Sequence[Mapping[str, Any]], link_base: str | None = None) -> str:
