@@ -156,8 +156,13 @@ def cmd_run(args) -> int:
     req = _request(args, methods=args.methods, target=args.target, retain=args.retain, results_dir=args.results_dir,
                    force=args.force, save_models=args.save_models, models_dir=args.models_dir)
     started = time.perf_counter()
-    summary = Runner(req, _progress(), _log).run()
+    runner = Runner(req, _progress(), _log)
+    summary = runner.run()
+    if not runner.ranks.is_main:  # under accelerate launch the main process reports
+        return 1 if summary.failed else 0
     print(f"leaderboard: {summary.leaderboard}  (wall time {time.perf_counter() - started:.0f} s)")
+    for line in summary.elsewhere:
+        print(f"running elsewhere (claimed by another process; its record appears when it finishes): {line}")
     if summary.failed:
         print(f"{len(summary.failed)} cell(s) failed; their records hold the traceback, rerun to retry:", file=sys.stderr)
         for line in summary.failed:

@@ -14,6 +14,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from harness import distributed
+from harness.claims import Claims, claim_cell
 from harness.errors import HarnessError
 from harness.losses import answer_ce
 from harness.methods.base import UnlearningMethod
@@ -53,13 +55,16 @@ def is_ready(folder: Path) -> bool:
 def prepare(base: str, benchmark, cfg: TrainConfig, seed: int, device=None, progress=None, force=False, log=print) -> dict[str, Path]:
     """Return {"target": folder, "retain": folder}, fine-tuning whichever is not cached yet."""
     folders = {}
+    ranks, claims = distributed.current(device), Claims()
     for role, examples in (
         ("target", benchmark.forget_train() + (benchmark.retain_train() or [])),
         ("retain", benchmark.retain_train() or []),
     ):
         folder = prepared_folder(base, benchmark, cfg, seed, role)
         folders[role] = folder
-        if is_ready(folder) and not force:
+        # One builder per folder: other processes sharing the cache wait for it (harness/claims.py);
+        # under accelerate launch the main process decides for all ranks, which then train together.
+        if ranks.broadcast(ranks.is_main and _wait_or_claim(claims, folder, force, log)):
             log(f"prepare: reusing cached {role} model {folder}")
             continue
         if not examples:
@@ -73,6 +78,9 @@ def prepare(base: str, benchmark, cfg: TrainConfig, seed: int, device=None, prog
         result = train(loaded.model, loaded.tokenizer, Finetune(), examples, None, cfg, seed, progress, log=log)
         if result.status != "ok":
             raise RuntimeError(f"fine-tuning the {role} model diverged at step {result.diverged_at_step}; lower finetune.lr.")
+        if not ranks.is_main:
+            ranks.barrier()   # the main process saves
+            continue
         tmp = folder.with_name(folder.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         loaded.model.save_pretrained(tmp, safe_serialization=True)
@@ -86,5 +94,15 @@ def prepare(base: str, benchmark, cfg: TrainConfig, seed: int, device=None, prog
         (tmp / "prepare.json").write_text(json.dumps(info, indent=1, default=str))
         shutil.rmtree(folder, ignore_errors=True)
         tmp.replace(folder)  # the folder appears complete or not at all
+        claims.release(folder)
+        ranks.barrier()
         log(f"prepare: {role} model saved to {folder} (final loss {result.last_finite_loss:.4f}, {info['seconds']} s)")
     return folders
+
+
+def _wait_or_claim(claims: Claims, folder: Path, force: bool, log) -> bool:
+    """True if ``folder`` is ready to reuse; otherwise this process holds its claim and must build it."""
+    if is_ready(folder) and not force:
+        return True
+    outcome = claim_cell(claims, folder, lambda: None if force or not is_ready(folder) else True, wait=True, log=log)
+    return outcome.state == "done"

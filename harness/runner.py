@@ -23,7 +23,8 @@ from typing import Any, Callable
 import torch
 
 from harness import config as cfgmod
-from harness import selection
+from harness import distributed, selection
+from harness.claims import Claims, claim_cell, owner_label
 from harness.config import EvalConfig
 from harness.engine import HFEngine
 from harness.errors import HarnessError
@@ -72,6 +73,7 @@ class RunRequest:
 class RunSummary:
     records: list[dict[str, Any]] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    elsewhere: list[str] = field(default_factory=list)   # cells another process was computing (claims.py)
     leaderboard: Path | None = None
 
 
@@ -89,7 +91,11 @@ def resolve_methods(spec: str) -> list[str]:
 class Runner:
     def __init__(self, req: RunRequest, progress=None, log=print):
         self.req, self.progress, self.log = req, progress, log
-        self.device = pick_device(req.device)
+        self.ranks = distributed.current(pick_device(req.device))   # several only under accelerate launch
+        self.device = self.ranks.device
+        if not self.ranks.is_main:  # one voice: the main process logs, evaluates and writes
+            self.progress, self.log = None, (lambda *_: None)
+        self.claims = Claims()
         if req.data_dir is not None and not Path(req.data_dir).is_dir():
             raise HarnessError(
                 f"data directory '{req.data_dir}' does not exist; pass the folder that holds the benchmark's files."
@@ -151,6 +157,8 @@ class Runner:
         summary = RunSummary()
         models = functools.cache(self.reference_models)  # prepare only once a cell really has to run
         target_spec, retain_spec = (lambda: models()[0]), (lambda: models()[1])
+        if self.ranks.world_size > 1:
+            models()  # preparing trains on every rank together: do it before the main process goes its own way
         reference: dict[str, Any] | None = None
         has_retain = bool(self.req.retain or (not self.req.target and self.bench_cls.needs_prepared_target))
         selection.validate(self.eval_cfg.select, self.eval_cfg.per_epoch, self.bench_cls.columns, has_retain,
@@ -164,7 +172,8 @@ class Runner:
         self.reference_cell("target", target_spec, reference, summary)
         for name in self.methods:
             self.method_cell(name, target_spec, reference, summary)
-        summary.leaderboard = render_results(self.results_dir)
+        if self.ranks.is_main:
+            summary.leaderboard = render_results(self.results_dir)
         return summary
 
     def reference_models(self) -> tuple[str, str | None]:
@@ -207,20 +216,31 @@ class Runner:
         cid = config_id(resolved)
         path = ensure_inside(self.results_dir, record_path(self.results_dir, self.bench.name, self.model_label, method, cid, self.req.seed))
         if not self.req.force:
-            done = finished_record(path, self.log)
+            done = self.ranks.broadcast(finished_record(path, self.log) if self.ranks.is_main else None)
             if done is not None:
                 self.log(f"skip {self.bench.name}/{self.model_label}/{method} seed {self.req.seed}: finished record {path}")
                 summary.records.append(done)
                 return done
+        claim = self.ranks.broadcast(self._claim(path, kind) if self.ranks.is_main else None)
+        if claim.state != "claimed":  # finished meanwhile, or being computed by another process
+            done = finished_record(path, self.log) if claim.state == "done" else None
+            if done is None:
+                self.log(f"skip {self.bench.name}/{self.model_label}/{method}: running elsewhere ({owner_label(claim.owner)})")
+                summary.elsewhere.append(f"{method}: {owner_label(claim.owner)}")
+            else:
+                summary.records.append(done)
+            return done
         record = {
             "schema": 1, "benchmark": self.bench.name, "model": self.model_label, "method": method, "row": label,
             "kind": kind, "seed": self.req.seed, "config_id": cid, "config": resolved,
             "overrides": self.req.overrides, "settings": settings or "evaluation only",
             "data": self.bench.data_info(), "versions": versions(), "commit": git_commit(), "device": str(self.device),
         }
+        if self.ranks.world_size > 1:
+            record["processes"] = self.ranks.world_size   # not part of the cell: the result does not depend on it
         started = time.perf_counter()
         try:
-            record.update(work())
+            record.update(work() if self.ranks.is_main or kind == "method" else {"status": "evaluated by the main process"})
         except (KeyboardInterrupt, HarnessError):
             raise
         except Exception as exc:  # one failing cell must not lose the others
@@ -228,12 +248,20 @@ class Runner:
             summary.failed.append(f"{method}: {type(exc).__name__}: {exc}")
             self.log(f"FAILED {self.bench.name}/{method}: {type(exc).__name__}: {exc} (record: {path})")
         record.setdefault("timings", {})["total_s"] = round(time.perf_counter() - started, 3)
-        write_record(path, record)
+        if self.ranks.is_main:
+            write_record(path, record)
+            self.claims.release(path)
+        record = self.ranks.broadcast(record)
         summary.records.append(record)
         if record["status"] in FINISHED:
             self.log(one_line_summary(record, self.bench_cls.columns, path))
         self._free()
         return record
+
+    def _claim(self, path: Path, kind: str):
+        """Claim the cell before computing it; reference rows, which later cells need, are waited for."""
+        return claim_cell(self.claims, path, lambda: finished_record(path, self.log), wait=kind == "reference",
+                          log=self.log)
 
     def _evaluate_only(self, spec, reference, self_reference: bool = False) -> dict:
         loaded = load_model(spec() if callable(spec) else spec, self.device, self.req.trust_remote_code)
@@ -250,12 +278,14 @@ class Runner:
         loaded = load_model(target_spec() if callable(target_spec) else target_spec, self.device, self.req.trust_remote_code)
         forget = self.bench.forget_train()
         steps_per_epoch, total, final_epoch = epoch_plan(len(forget), train_cfg)
-        per_epoch = PerEpoch(self, loaded, reference, method.name, final_epoch) if self.eval_cfg.per_epoch else None
+        per_epoch = PerEpoch(self, loaded, reference, method.name, final_epoch) if self.eval_cfg.per_epoch and self.ranks.is_main else None
         try:
             result = train(loaded.model, loaded.tokenizer, method, forget, self.bench.retain_train(),
                            train_cfg, self.req.seed, self.progress, log=self.log, on_epoch_end=per_epoch)
         except HarnessError as exc:  # this method's settings do not fit this data: fail its cell only
             raise MethodSettingsError(str(exc)) from None
+        if not self.ranks.is_main:  # the other ranks only train; the main process evaluates and saves
+            return {"status": result.status, "training": result.summary(), "timings": {}}
         if result.status != "ok":  # diverged: the weights at that point, whatever the rule
             out = self._evaluate(loaded, reference)
             chosen = selection.Selection(self.rule.name, None, f"the run diverged at step {result.diverged_at_step}; "

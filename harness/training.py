@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from harness import distributed
 from harness.batching import Example, make_batch
 from harness.errors import HarnessError
 from harness.losses import sequence_logprob
@@ -125,6 +126,8 @@ def train(
         )
     seed_everything(seed)
     device = next(model.parameters()).device
+    ranks = distributed.current(device)   # one process unless launched by accelerate/torchrun
+    ranks.broadcast_parameters(model)
     encode = lambda items: make_batch(tokenizer, items, cfg.max_length, add_eos).to(device)  # noqa: E731
     result = TrainResult()
     started = time.perf_counter()
@@ -167,12 +170,16 @@ def train(
             ctx.step, ctx.epoch = result.steps, epoch
             step_loss, step_logs, finite = 0.0, {}, True
             optimiser.zero_grad(set_to_none=True)
-            for mb_start in range(0, len(chunk), cfg.micro_batch):
-                idx = chunk[mb_start : mb_start + cfg.micro_batch]
+            # Micro-batches and their retain pairing are drawn for the whole step, then shared out
+            # between ranks (all of them when there is one process): see harness/distributed.py.
+            micro = [chunk[s : s + cfg.micro_batch] for s in range(0, len(chunk), cfg.micro_batch)]
+            pairs = [[pair_rng.randrange(len(retain)) for _ in idx] for idx in micro] if retain and NEEDS_RETAIN in needs else None
+            for j in ranks.my_share(range(len(micro))):
+                idx = micro[j]
                 batch = MethodBatch(
                     forget=encode([forget[i] for i in idx]),
                     forget_index=torch.tensor(idx, device=device),
-                    retain=encode([retain[pair_rng.randrange(len(retain))] for _ in idx]) if retain and NEEDS_RETAIN in needs else None,
+                    retain=encode([retain[i] for i in pairs[j]]) if pairs is not None else None,
                 )
                 loss, logs = method.loss(model, batch, ctx)
                 value = float(loss.detach())
@@ -185,10 +192,12 @@ def train(
                 for k, v in logs.items():
                     step_logs[k] = step_logs.get(k, 0.0) + v * weight
                 result.tokens += int(batch.forget.attention_mask.sum())
+            step_loss, step_logs, finite = ranks.sum_step(step_loss, step_logs, finite)
             if not finite:
                 result.status, result.diverged_at_step = "diverged", result.steps
                 optimiser.zero_grad(set_to_none=True)
                 break
+            ranks.sum_gradients(model)
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimiser.step()
@@ -209,6 +218,7 @@ def train(
     if bar:
         bar.close()
     model.eval()
+    result.tokens = ranks.sum_int(result.tokens)
     result.seconds = time.perf_counter() - started - callback_s
     return result
 
