@@ -21,6 +21,8 @@ EPILOG = """examples:
   harness tables --list
   harness tables --paper muse_news                               # -> results/tables/muse_news.md
   harness bench --benchmark synthetic --model tiny-random        # figures; last line: speedup vs naive
+  harness run --methods all --benchmark tofu --executor ray --ray-address auto   # one Ray task per cell
+  harness status --results-dir results                           # queued / running (where) / done / failed
 """
 
 
@@ -44,6 +46,21 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="evaluate every model afresh instead of reusing stored outputs of identical weights")
 
 
+def _executor_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("many cells at once (see README: Scaling out)")
+    g.add_argument("--executor", default="local", choices=["local", "ray", "slurm"],
+                   help="local: cells one after another here (default); ray: one Ray task per cell; slurm: a submitit job array")
+    g.add_argument("--workers", type=int, default=0, help="most cells at once (ray: CPUs of a local cluster; slurm: array parallelism)")
+    g.add_argument("--ray-address", help="an existing Ray cluster (e.g. auto, ray://head:10001); default: start a local one")
+    g.add_argument("--slurm-partition", help="SLURM partition for the cell jobs")
+    g.add_argument("--slurm-time-min", type=int, default=240, help="time limit per cell job in minutes (default 240)")
+    g.add_argument("--slurm-gpus", type=int, default=1, help="GPUs per cell job (default 1)")
+    g.add_argument("--slurm-folder", type=Path, help="submitit job folder (default <results-dir>/.submitit)")
+    g.add_argument("--slurm-cluster", choices=["slurm", "local", "debug"],
+                   help="submitit executor: slurm (default when sbatch exists), or local/debug to run the jobs on this machine")
+    g.add_argument("--poll-s", type=float, default=10.0, help="seconds between progress lines of a ray/slurm run")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harness", description="Benchmark LLM unlearning methods and render leaderboards.",
@@ -61,7 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="re-run cells that already have a finished record")
     run.add_argument("--no-save-models", dest="save_models", action="store_false", help="do not save unlearned weights")
     run.add_argument("--models-dir", type=Path, help="where unlearned weights go (default: $HARNESS_CACHE/unlearned)")
+    _executor_args(run)
     _common(run)
+
+    st = sub.add_parser("status", help="which cells are queued, running (where), done or failed, from records and claims")
+    st.add_argument("--results-dir", type=Path, default=Path("results"))
+    _common(st)
 
     ev = sub.add_parser("eval", help="score a model on a benchmark without unlearning")
     _model_args(ev)
@@ -156,8 +178,24 @@ def cmd_run(args) -> int:
     req = _request(args, methods=args.methods, target=args.target, retain=args.retain, results_dir=args.results_dir,
                    force=args.force, save_models=args.save_models, models_dir=args.models_dir)
     started = time.perf_counter()
+    if args.executor != "local":
+        from harness.executors import check_available
+
+        check_available(args.executor)
+        from harness.distributed import launched_world_size
+
+        if launched_world_size() > 1:
+            raise HarnessError("--executor ray|slurm runs cells as separate jobs; launch it with plain `harness run`, not "
+                               "accelerate launch (a cell on several GPUs is launched with accelerate, one run at a time).")
     runner = Runner(req, _progress(), _log)
-    summary = runner.run()
+    if args.executor == "local":
+        summary = runner.run()
+    else:
+        from harness.executors import ExecutorOptions, run_distributed
+
+        opts = ExecutorOptions(args.executor, args.workers, args.ray_address, args.slurm_folder, args.slurm_partition,
+                               args.slurm_time_min, args.slurm_gpus, args.slurm_cluster, args.poll_s)
+        summary = run_distributed(runner, opts, args.plugin, _log)
     if not runner.ranks.is_main:  # under accelerate launch the main process reports
         return 1 if summary.failed else 0
     print(f"leaderboard: {summary.leaderboard}  (wall time {time.perf_counter() - started:.0f} s)")
@@ -242,6 +280,13 @@ def cmd_leaderboard(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    from harness.status import report
+
+    print(report(args.results_dir))
+    return 0
+
+
 def cmd_tables(args) -> int:
     from harness.leaderboard.paper_tables import known_papers, load_paper, write_paper_table
 
@@ -271,7 +316,7 @@ def quiet_libraries() -> None:
 
 
 COMMANDS = {"bench": cmd_bench, "run": cmd_run, "eval": cmd_eval, "prepare": cmd_prepare, "list": cmd_list, "leaderboard": cmd_leaderboard,
-            "tables": cmd_tables}
+            "tables": cmd_tables, "status": cmd_status}
 
 
 def main(argv: list[str] | None = None) -> int:

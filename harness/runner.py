@@ -160,9 +160,7 @@ class Runner:
         if self.ranks.world_size > 1:
             models()  # preparing trains on every rank together: do it before the main process goes its own way
         reference: dict[str, Any] | None = None
-        has_retain = bool(self.req.retain or (not self.req.target and self.bench_cls.needs_prepared_target))
-        selection.validate(self.eval_cfg.select, self.eval_cfg.per_epoch, self.bench_cls.columns, has_retain,
-                           self.utility_key)
+        has_retain = "retain" in self.cell_names()
         if has_retain:
             rec = self.reference_cell("retain", retain_spec, None, summary)
             reference = rec.get("reference_values") if rec else None
@@ -174,6 +172,38 @@ class Runner:
             self.method_cell(name, target_spec, reference, summary)
         if self.ranks.is_main:
             summary.leaderboard = render_results(self.results_dir)
+        return summary
+
+    def cell_names(self) -> list[str]:
+        """The run's cells in order (the retain row if there is one, the target row, each method); checks the plan."""
+        has_retain = bool(self.req.retain or (not self.req.target and self.bench_cls.needs_prepared_target))
+        selection.validate(self.eval_cfg.select, self.eval_cfg.per_epoch, self.bench_cls.columns, has_retain,
+                           self.utility_key)
+        return (["retain"] if has_retain else []) + ["target", *self.methods]
+
+    def cell_path(self, name: str) -> Path:
+        """Where cell ``name``'s record (and its claim) lives, without running anything."""
+        resolved = {**self._base_config(reference=True), "role": name} if name in ("retain", "target") else self._method_resolved(name)
+        return record_path(self.results_dir, self.bench.name, self.model_label, name, config_id(resolved), self.req.seed)
+
+    def run_cell(self, name: str) -> RunSummary:
+        """One cell alone, as an executor's task runs it (harness/executors.py).
+
+        A method or target cell takes its references from the retain row's record, which the
+        executor has finished first (were it missing, this computes it, under its claim).
+        """
+        summary = RunSummary()
+        models = functools.cache(self.reference_models)
+        target_spec, retain_spec = (lambda: models()[0]), (lambda: models()[1])
+        reference = None
+        if name != "retain" and "retain" in self.cell_names():
+            rec = self.reference_cell("retain", retain_spec, None, RunSummary())
+            reference = rec.get("reference_values") if rec else None
+            self.retain_aggregates = rec.get("aggregates") if rec else None
+        if name in ("retain", "target"):
+            self.reference_cell(name, retain_spec if name == "retain" else target_spec, reference, summary)
+        else:
+            self.method_cell(name, target_spec, reference, summary)
         return summary
 
     def reference_models(self) -> tuple[str, str | None]:
@@ -194,10 +224,7 @@ class Runner:
     def method_cell(self, name: str, target_spec: "str | Callable[[], str]", reference, summary: RunSummary) -> dict | None:
         train_cfg, method_cfg = self.method_configs(name)
         cls = self.method_cls[name]
-        resolved = {
-            **self._base_config(), "method": name, "method_config": dataclasses.asdict(method_cfg),
-            "train": dataclasses.asdict(train_cfg),
-        }
+        resolved = self._method_resolved(name)
         label = cls.label or name
         settings = f"lr={train_cfg.lr:g}, epochs={train_cfg.epochs}, global_batch={train_cfg.global_batch}" + "".join(
             f", {k}={v}" for k, v in dataclasses.asdict(method_cfg).items()
@@ -211,6 +238,13 @@ class Runner:
         return self._cell(name, label, "method", resolved, summary,
                           lambda: self._unlearn(cls(method_cfg), train_cfg, target_spec, reference, resolved),
                           settings)
+
+    def _method_resolved(self, name: str) -> dict[str, Any]:
+        train_cfg, method_cfg = self.method_configs(name)
+        return {
+            **self._base_config(), "method": name, "method_config": dataclasses.asdict(method_cfg),
+            "train": dataclasses.asdict(train_cfg),
+        }
 
     def _cell(self, method: str, label: str, kind: str, resolved: dict, summary: RunSummary, work, settings: str = "") -> dict | None:
         cid = config_id(resolved)

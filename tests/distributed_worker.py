@@ -1,0 +1,55 @@
+"""Trains GA, NPO and GradDiff on the tiny model; run by test_distributed.py, alone or under torchrun.
+
+Each rank writes which forget items (and which retain items) its micro-batches held; the main
+process also writes the trained weights. Not a test module itself (no ``test_`` prefix).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from harness import distributed
+from harness.batching import Example
+from harness.methods.ga import GradientAscent
+from harness.methods.graddiff import GradDiff
+from harness.methods.npo import NPO
+from harness.models import build_tiny_random
+from harness.training import TrainConfig, train
+
+FORGET = [Example(f"Q{i}:", f" fact {i} is {'xyzw'[i % 4] * (1 + i % 3)}") for i in range(10)]
+RETAIN = [Example(f"R{i}:", f" other {i}") for i in range(6)]
+# 10 items in global batches of 4: steps of 2, 2 and 1 micro-batches (a rank sits the last one out).
+CONFIG = TrainConfig(lr=1e-3, max_steps=3, global_batch=4, micro_batch=2, weight_decay=0.0)
+
+
+def run_all(out: Path) -> None:
+    ranks = distributed.current(torch.device("cpu"))
+    seen: dict[str, dict[str, list]] = {}
+    weights = {}
+    for cls in (GradientAscent, NPO, GradDiff):
+        log = seen.setdefault(cls.name, {"forget": [], "retain": []})
+
+        class Recording(cls):
+            def loss(self, model, batch, ctx, _log=log):
+                _log["forget"] += batch.forget_index.tolist()
+                if batch.retain is not None:
+                    _log["retain"] += batch.retain.input_ids.tolist()
+                return super().loss(model, batch, ctx)
+
+        model, tok = build_tiny_random()
+        model = model.float()
+        result = train(model, tok, Recording(), FORGET, RETAIN, CONFIG, seed=5)
+        weights[cls.name] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        seen[cls.name]["losses"] = result.losses
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"seen-rank{ranks.rank}.json").write_text(json.dumps(seen))
+    if ranks.is_main:
+        torch.save(weights, out / "weights.pt")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    run_all(Path(sys.argv[1]))
