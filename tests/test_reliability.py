@@ -73,7 +73,7 @@ def run_and_kill(results: Path, plugin: Path, methods: str, stall_at: str, marke
 def cells(results: Path) -> dict[str, dict]:
     out = {}
     for p in results.glob("synthetic/tiny-random/*/*"):
-        assert p.suffix == ".json" or p.name.endswith(".tmp"), p
+        assert p.suffix == ".json" or p.name.endswith((".tmp", ".claim")), p   # a killed run leaves its claim
         if p.suffix == ".json":
             out[p.parent.name] = json.loads(p.read_text())  # every record on disk parses
     return out
@@ -96,6 +96,7 @@ def test_sigkill_during_training_keeps_finished_cells_and_resume_completes(tmp_p
     after = cells(results)
     assert set(after) == {"retain", "target", "ga", "sleepy"} and after["sleepy"]["status"] == "ok"
     assert after["ga"] == before["ga"]
+    assert not list(results.glob("**/*.claim")), "the resumed run took over the dead run's claim and released it"
 
 
 def test_sigkill_during_evaluation_keeps_finished_cells_and_resume_completes(tmp_path, capsys):
