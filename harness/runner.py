@@ -296,8 +296,8 @@ class Runner:
 
     def _claim(self, path: Path, kind: str):
         """Claim the cell before computing it; reference rows, which later cells need, are waited for."""
-        return claim_cell(self.claims, path, lambda: finished_record(path, self.log), wait=kind == "reference",
-                          log=self.log)
+        finished = (lambda: None) if self.req.force else (lambda: finished_record(path, self.log))
+        return claim_cell(self.claims, path, finished, wait=kind == "reference", log=self.log)
 
     def _evaluate_only(self, spec, reference, self_reference: bool = False) -> dict:
         loaded = load_model(spec() if callable(spec) else spec, self.device, self.req.trust_remote_code)

@@ -54,6 +54,10 @@ def test_second_run_skips_finished_cells_and_force_reruns(finished_run, capsys):
     assert out.count("skip synthetic/tiny-random/") == 3  # retain, target, ga
     assert "prepare:" not in out  # nothing to run, so no model is prepared or even looked up
     assert {p: p.stat().st_mtime_ns for p in results.glob("synthetic/**/*.json")} == before
+    assert main(["run", "--methods", "ga", "--results-dir", str(results), *QUICK, "--force"]) == 0
+    out = capsys.readouterr().out
+    assert "skip synthetic/" not in out and out.count("done synthetic/tiny-random/") == 3
+    assert not list(results.glob("**/*.claim"))
 
 
 def test_corrupt_record_is_reported_and_rerun(finished_run, capsys):
