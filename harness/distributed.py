@@ -84,11 +84,20 @@ class MultiProcess(SingleProcess):
             self.dist.broadcast(tensor.data, src=0)
 
     def sum_gradients(self, model: torch.nn.Module) -> None:
-        """Sum every gradient over the ranks in one flat all-reduce (a rank without a micro-batch adds 0)."""
+        """Sum every gradient over the ranks in one flat all-reduce (a rank without a micro-batch adds 0).
+
+        A parameter no rank produced a gradient for keeps ``grad = None``, as in one process, so
+        AdamW leaves it alone (no weight decay, no moment update).
+        """
         params = [p for p in model.parameters() if p.requires_grad]
+        has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=self._comm_device())
+        self.dist.all_reduce(has_grad, op=self.dist.ReduceOp.MAX)
+        params = [p for p, used in zip(params, has_grad.tolist()) if used]
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
+        if not params:
+            return
         for dtype in {p.grad.dtype for p in params}:
             grads = [p.grad for p in params if p.grad.dtype == dtype]
             flat = torch.cat([g.reshape(-1) for g in grads])

@@ -172,7 +172,7 @@ def train(
             optimiser.zero_grad(set_to_none=True)
             # Micro-batches and their retain pairing are drawn for the whole step, then shared out
             # between ranks (all of them when there is one process): see harness/distributed.py.
-            micro = [chunk[s : s + cfg.micro_batch] for s in range(0, len(chunk), cfg.micro_batch)]
+            micro = [chunk[at : at + cfg.micro_batch] for at in range(0, len(chunk), cfg.micro_batch)]
             pairs = [[pair_rng.randrange(len(retain)) for _ in idx] for idx in micro] if retain and NEEDS_RETAIN in needs else None
             for j in ranks.my_share(range(len(micro))):
                 idx = micro[j]
