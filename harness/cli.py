@@ -16,14 +16,19 @@ EPILOG = """examples:
   harness run --methods graddiff --benchmark synthetic --set graddiff.alpha=2 --set train.lr=1e-5
   harness eval --benchmark synthetic --model path/to/model --retain path/to/retain_model
   harness list methods
-  harness leaderboard --results-dir results
-  harness leaderboard --csv --json --plots                       # + LEADERBOARD.csv/.json, results/plots/
+  harness leaderboard                                            # re-render runs/LEADERBOARD.md
+  harness leaderboard --results-dir results --csv --json --plots # the committed records: + .csv/.json, plots/
   harness tables --list
   harness tables --paper muse_news                               # -> results/tables/muse_news.md
   harness bench --benchmark synthetic --model tiny-random        # figures; last line: speedup vs naive
   harness run --methods all --benchmark tofu --executor ray --ray-address auto   # one Ray task per cell
   harness status --results-dir results                           # queued / running (where) / done / failed
 """
+
+
+#: ad-hoc runs go to a git-ignored folder; `make results` regenerates the committed records in results/
+DEFAULT_RESULTS = Path("runs")
+RESULTS_HELP = "where records and LEADERBOARD.md go (default: runs, git-ignored; the committed records are in results)"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -74,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--methods", default="all", help="'all' or a comma list, e.g. ga,graddiff")
     run.add_argument("--target", help="an existing target model (skips prepare); --model then only labels the rows")
     run.add_argument("--retain", help="an existing retain model for the reference row and per-item references")
-    run.add_argument("--results-dir", type=Path, default=Path("results"), help="where records go (default: results)")
+    run.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS, help=RESULTS_HELP)
     run.add_argument("--force", action="store_true", help="re-run cells that already have a finished record")
     run.add_argument("--no-save-models", dest="save_models", action="store_false", help="do not save unlearned weights")
     run.add_argument("--models-dir", type=Path, help="where unlearned weights go (default: $HARNESS_CACHE/unlearned)")
@@ -88,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="score a model on a benchmark without unlearning")
     _model_args(ev)
     ev.add_argument("--retain", help="retain model whose scores are the reference (forget quality, PrivLeak)")
-    ev.add_argument("--results-dir", type=Path, default=Path("results"))
+    ev.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS, help=RESULTS_HELP)
     ev.add_argument("--force", action="store_true")
     _common(ev)
 
@@ -102,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(ls)
 
     lb = sub.add_parser("leaderboard", help="re-render LEADERBOARD.md from stored records only")
-    lb.add_argument("--results-dir", type=Path, default=Path("results"))
+    lb.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS, help=RESULTS_HELP)
     lb.add_argument("--csv", action="store_true", help="also write LEADERBOARD.csv (same rows and values) next to it")
     lb.add_argument("--json", action="store_true", help="also write LEADERBOARD.json (same rows and values) next to it")
     lb.add_argument("--plots", action="store_true",
@@ -188,14 +193,17 @@ def cmd_run(args) -> int:
             raise HarnessError("--executor ray|slurm runs cells as separate jobs; launch it with plain `harness run`, not "
                                "accelerate launch (a cell on several GPUs is launched with accelerate, one run at a time).")
     runner = Runner(req, _progress(), _log)
-    if args.executor == "local":
-        summary = runner.run()
-    else:
-        from harness.executors import ExecutorOptions, run_distributed
+    try:
+        if args.executor == "local":
+            summary = runner.run()
+        else:
+            from harness.executors import ExecutorOptions, run_distributed
 
-        opts = ExecutorOptions(args.executor, args.workers, args.ray_address, args.slurm_folder, args.slurm_partition,
-                               args.slurm_time_min, args.slurm_gpus, args.slurm_cluster, args.poll_s)
-        summary = run_distributed(runner, opts, args.plugin, _log)
+            opts = ExecutorOptions(args.executor, args.workers, args.ray_address, args.slurm_folder, args.slurm_partition,
+                                   args.slurm_time_min, args.slurm_gpus, args.slurm_cluster, args.poll_s)
+            summary = run_distributed(runner, opts, args.plugin, _log)
+    except KeyboardInterrupt:
+        raise Interrupted(runner.summary.records) from None
     if not runner.ranks.is_main:  # under accelerate launch the main process reports
         return 1 if summary.failed else 0
     print(f"leaderboard: {summary.leaderboard}  (wall time {time.perf_counter() - started:.0f} s)")
@@ -228,7 +236,7 @@ def cmd_eval(args) -> int:
 def cmd_prepare(args) -> int:
     from harness.runner import Runner
 
-    req = _request(args, methods="all")
+    req = _request(args, methods="all", results_dir=None, save_models=False)
     runner = Runner(req, _progress(), _log)
     from harness.prepare import prepare
 
@@ -244,7 +252,8 @@ def cmd_bench(args) -> int:
     from harness.runner import Runner
 
     no_training = args.methods.strip().lower() == "none"
-    runner = Runner(_request(args, methods="all" if no_training else args.methods), None, _log)
+    runner = Runner(_request(args, methods="all" if no_training else args.methods, results_dir=None, save_models=False),
+                    None, _log)
     loaded = load_model(args.model, runner.device, args.trust_remote_code)
     from harness.engine import auto_batch_size
 
@@ -329,6 +338,26 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        print(interrupted_message(exc.records if isinstance(exc, Interrupted) else []), file=sys.stderr)
+        return 130
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, carrying the records finished (or skipped as finished) before it."""
+
+    def __init__(self, records: list):
+        super().__init__()
+        self.records = records
+
+
+def interrupted_message(records: list) -> str:
+    """What Ctrl-C leaves behind: the finished cells, and that re-running the command resumes."""
+    done = [f"  {r['benchmark']}/{r['model']}/{r['method']} seed {r['seed']} ({r['status']})" for r in records]
+    lines = ["interrupted (Ctrl-C).",
+             f"{len(done)} cell(s) finished and kept:" if done else "no cell had finished; nothing was kept.", *done,
+             "Run the same command again to resume: finished cells are skipped, the interrupted one re-runs."]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

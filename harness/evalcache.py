@@ -2,8 +2,9 @@
 
 Evaluation is the costly part of a run, and the same model is often evaluated again: the target
 and retain reference rows in every run, a re-run after a crash, ``harness eval`` of a model that
-``run`` already scored. The key holds a hash of every weight byte and of the tokenizer, so a hit
-means the same weights, tokenizer and request under the same engine settings; log-probs are
+``run`` already scored. The key holds a hash of every weight byte, of the tokenizer and of the
+engine's source code (``codeversion.engine_code``), so a hit means the same weights, tokenizer and
+request under the same engine code and settings; log-probs are
 stored as the float32 values the engine produced, so a cached answer equals a fresh one bit
 for bit. One SQLite file under ``$HARNESS_CACHE`` (``--no-eval-cache`` turns it off).
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.codeversion import engine_code
 from harness.engine import GenerationRequest, LogprobRequest, TokenScores
 from harness.models import fingerprint
 
@@ -38,7 +40,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 def model_key(model, tokenizer, engine_settings: dict) -> str:
     """What an output depends on besides the request: weights, tokenizer and engine settings."""
-    settings = json.dumps(engine_settings, sort_keys=True)
+    settings = json.dumps({**engine_settings, "engine_code": engine_code()}, sort_keys=True)
     return f"{fingerprint(model)}:{tokenizer_fingerprint(tokenizer)}:{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
 
 

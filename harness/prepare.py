@@ -3,7 +3,8 @@
 The target is the base fine-tuned on forget + retain, the retain model the base fine-tuned on
 retain alone: the retain model is what perfect unlearning would give, so it provides the
 reference rows and per-item references. Both are cached by (base model, benchmark data and
-config, fine-tuning config, seed) and reused by every later run.
+config, fine-tuning config, seed, and a hash of the fine-tuning code: ``codeversion.finetune_code``)
+and reused by every later run; a change to the loop, batching, losses or this module prepares anew.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from harness import distributed
 from harness.claims import Claims, claim_cell
+from harness.codeversion import finetune_code
 from harness.errors import HarnessError
 from harness.losses import answer_ce
 from harness.methods.base import UnlearningMethod
@@ -37,7 +39,8 @@ class Finetune(UnlearningMethod):
 
 def prepared_key(base: str, benchmark, cfg: TrainConfig, seed: int) -> str:
     blob = json.dumps(
-        {"base": base, "benchmark": benchmark.name, "data": benchmark.data_info(), "finetune": asdict(cfg), "seed": seed},
+        {"base": base, "benchmark": benchmark.name, "data": benchmark.data_info(), "finetune": asdict(cfg), "seed": seed,
+         "code": finetune_code()},
         sort_keys=True, default=str,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
@@ -88,7 +91,7 @@ def prepare(base: str, benchmark, cfg: TrainConfig, seed: int, device=None, prog
         info = {
             "role": role, "base": base, "base_source": loaded.source, "benchmark": benchmark.name,
             "data": benchmark.data_info(), "finetune": asdict(cfg), "seed": seed,
-            "examples": len(examples), "steps": result.steps, "final_loss": result.last_finite_loss,
+            "code": finetune_code(), "examples": len(examples), "steps": result.steps, "final_loss": result.last_finite_loss,
             "seconds": round(time.perf_counter() - started, 1),
         }
         (tmp / "prepare.json").write_text(json.dumps(info, indent=1, default=str))

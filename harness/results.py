@@ -22,6 +22,7 @@ from harness.errors import HarnessError
 
 SCHEMA = 1
 FINISHED = ("ok", "diverged")
+SHOWN = (*FINISHED, "failed")   # the statuses a leaderboard lists (a failed cell as a failed row)
 
 
 def slug(text: str) -> str:

@@ -22,8 +22,8 @@ from typing import Any, Callable
 
 import torch
 
+from harness import codeversion, distributed, selection, truncation, validation
 from harness import config as cfgmod
-from harness import distributed, selection
 from harness.claims import Claims, claim_cell, owner_label
 from harness.config import EvalConfig
 from harness.engine import HFEngine
@@ -36,6 +36,7 @@ from harness.prepare import prepare
 from harness.registry import BENCHMARKS, METHODS
 from harness.results import (
     FINISHED,
+    SHOWN,
     config_id,
     ensure_inside,
     finished_record,
@@ -49,6 +50,10 @@ from harness.results import (
 from harness.training import TrainConfig, epoch_plan, train
 
 
+#: where ad-hoc runs write (git-ignored); the committed records of the default run live in results/
+DEFAULT_RESULTS = Path("runs")
+
+
 @dataclass
 class RunRequest:
     benchmark: str
@@ -57,7 +62,7 @@ class RunRequest:
     target: str | None = None
     retain: str | None = None
     data_dir: Path | None = None
-    results_dir: Path = Path("results")
+    results_dir: Path | None = DEFAULT_RESULTS   # None: the verb writes no records (prepare, bench)
     seed: int = 0
     limit: int | None = None
     overrides: dict[str, str] = field(default_factory=dict)
@@ -100,6 +105,7 @@ class Runner:
             raise HarnessError(
                 f"data directory '{req.data_dir}' does not exist; pass the folder that holds the benchmark's files."
             )
+        validation.check_limit(req.limit)
         self.bench_cls = BENCHMARKS.get(req.benchmark)
         self.methods = resolve_methods(req.methods)
         self.method_cls = {m: METHODS.get(m) for m in self.methods}
@@ -116,9 +122,22 @@ class Runner:
         self.retain_aggregates: dict[str, Any] | None = None   # the retain row's scores, for the selection rule
         ft_defaults = {f"finetune.{k}": v for k, v in self.bench_cls.finetune_defaults.items()}
         self.finetune_cfg = cfgmod.build(TrainConfig, "finetune", [ft_defaults, self.overrides])
-        self.results_dir = Path(req.results_dir)
+        self.results_dir = Path(req.results_dir) if req.results_dir is not None else None
         self._check_needs()
         self.model_label = req.model if not (req.target and req.model == RunRequest.model) else req.target
+        validation.check_before_work(self, self.output_folders())
+        self.summary = RunSummary()   # what finished so far, for the message when the run is interrupted
+        self._eval_cut: dict[tuple, dict[str, int]] = {}   # truncation counts per tokenizer
+        self._warned: set[str] = set()
+
+    def output_folders(self) -> dict[str, tuple[Path, str]]:
+        """The folders this run writes: checked writable before any model is loaded."""
+        folders = {"results directory": (self.results_dir, "--results-dir")} if self.results_dir else {}
+        if self.req.save_models:
+            folders["models directory"] = (self.req.models_dir or cache_root() / "unlearned", "--models-dir")
+        if not self.req.target and self.bench_cls.needs_prepared_target:
+            folders["model cache"] = (cache_root(), "HARNESS_CACHE=<folder>")
+        return folders
 
     def _check_needs(self) -> None:
         """Refuse, before any work, a method that needs data this benchmark does not have."""
@@ -154,7 +173,7 @@ class Runner:
 
     # --- the run -----------------------------------------------------------------------------
     def run(self) -> RunSummary:
-        summary = RunSummary()
+        summary = self.summary = RunSummary()
         models = functools.cache(self.reference_models)  # prepare only once a cell really has to run
         target_spec, retain_spec = (lambda: models()[0]), (lambda: models()[1])
         if self.ranks.world_size > 1:
@@ -239,7 +258,7 @@ class Runner:
             settings += f", eval.select={self.eval_cfg.select}"
         return self._cell(name, label, "method", resolved, summary,
                           lambda: self._unlearn(cls(method_cfg), train_cfg, target_spec, reference, resolved),
-                          settings)
+                          settings, code=codeversion.method_code(cls))
 
     def _method_resolved(self, name: str) -> dict[str, Any]:
         train_cfg, method_cfg = self.method_configs(name)
@@ -248,18 +267,23 @@ class Runner:
             "train": dataclasses.asdict(train_cfg),
         }
 
-    def _cell(self, method: str, label: str, kind: str, resolved: dict, summary: RunSummary, work, settings: str = "") -> dict | None:
+    def _cell(self, method: str, label: str, kind: str, resolved: dict, summary: RunSummary, work, settings: str = "",
+              code: dict | None = None) -> dict | None:
         cid = config_id(resolved)
         path = ensure_inside(self.results_dir, record_path(self.results_dir, self.bench.name, self.model_label, method, cid, self.req.seed))
+        cell = f"{self.bench.name}/{self.model_label}/{method} seed {self.req.seed}"
         if not self.req.force:
             done = self.ranks.broadcast(finished_record(path, self.log) if self.ranks.is_main else None)
-            if done is not None:
-                self.log(f"skip {self.bench.name}/{self.model_label}/{method} seed {self.req.seed}: finished record {path}")
+            stale = codeversion.stale_reason(done.get("code"), code or {}) if done is not None else ""
+            if stale:
+                self.log(f"re-run {cell}: {stale}")
+            elif done is not None:
+                self.log(f"skip {cell}: finished record {path}")
                 summary.records.append(done)
                 return done
-        claim = self.ranks.broadcast(self._claim(path, kind) if self.ranks.is_main else None)
+        claim = self.ranks.broadcast(self._claim(path, kind, code) if self.ranks.is_main else None)
         if claim.state != "claimed":  # finished meanwhile, or being computed by another process
-            done = finished_record(path, self.log) if claim.state == "done" else None
+            done = self._reusable(path, code) if claim.state == "done" else None
             if done is None:
                 self.log(f"skip {self.bench.name}/{self.model_label}/{method}: running elsewhere ({owner_label(claim.owner)})")
                 summary.elsewhere.append(f"{method}: {owner_label(claim.owner)}")
@@ -271,6 +295,7 @@ class Runner:
             "kind": kind, "seed": self.req.seed, "config_id": cid, "config": resolved,
             "overrides": self.req.overrides, "settings": settings or "evaluation only",
             "data": self.bench.data_info(), "versions": versions(), "commit": git_commit(), "device": str(self.device),
+            **({"code": code} if code else {}),
         }
         if self.ranks.world_size > 1:
             record["processes"] = self.ranks.world_size   # not part of the cell: the result does not depend on it
@@ -294,10 +319,15 @@ class Runner:
         self._free()
         return record
 
-    def _claim(self, path: Path, kind: str):
+    def _claim(self, path: Path, kind: str, code: dict | None = None):
         """Claim the cell before computing it; reference rows, which later cells need, are waited for."""
-        finished = (lambda: None) if self.req.force else (lambda: finished_record(path, self.log))
+        finished = (lambda: None) if self.req.force else (lambda: self._reusable(path, code))
         return claim_cell(self.claims, path, finished, wait=kind == "reference", log=self.log)
+
+    def _reusable(self, path: Path, code: dict | None):
+        """The cell's finished record if it was made by the current code (harness/codeversion.py), else None."""
+        done = finished_record(path, self.log)
+        return None if done is None or codeversion.stale_reason(done.get("code"), code or {}) else done
 
     def _evaluate_only(self, spec, reference, self_reference: bool = False) -> dict:
         loaded = load_model(spec() if callable(spec) else spec, self.device, self.req.trust_remote_code)
@@ -313,6 +343,9 @@ class Runner:
             )
         loaded = load_model(target_spec() if callable(target_spec) else target_spec, self.device, self.req.trust_remote_code)
         forget = self.bench.forget_train()
+        train_cut = truncation.train_counts(loaded.tokenizer, {"forget": forget, "retain": self.bench.retain_train()},
+                                            train_cfg.max_length)
+        self._warn(truncation.warning(train_cut, "train.max_length", train_cfg.max_length, f"training {method.name}"))
         steps_per_epoch, total, final_epoch = epoch_plan(len(forget), train_cfg)
         per_epoch = PerEpoch(self, loaded, reference, method.name, final_epoch) if self.eval_cfg.per_epoch and self.ranks.is_main else None
         try:
@@ -337,6 +370,7 @@ class Runner:
             out["epochs"] = per_epoch.summary(result.losses, steps_per_epoch, total)
             out["timings"]["per_epoch_eval_s"] = per_epoch.eval_s
         out.update({"status": result.status, "model_source": loaded.source, "training": result.summary()})
+        out["truncated"] = {**out["truncated"], "train": train_cut}
         out["timings"]["train_s"] = round(result.seconds, 3)
         if self.req.save_models:
             folder = (self.req.models_dir or cache_root() / "unlearned") / self.bench.name / slug(self.model_label) / method.name / f"{config_id(resolved)}-seed{self.req.seed}"
@@ -365,10 +399,25 @@ class Runner:
             scores = self.bench.score(outputs, scores.reference_values)
         return {
             "aggregates": scores.aggregates, "per_sample": scores.per_sample, "missing": scores.missing,
-            "reference_values": scores.reference_values,
+            "reference_values": scores.reference_values, "truncated": {"eval": self._eval_truncation(loaded.tokenizer)},
             "timings": {**outputs.timings, "eval_s": round(time.perf_counter() - started, 3)},
             "eval_counts": {**outputs.counts, **getattr(engine, "counts", {})},
         }
+
+    def _eval_truncation(self, tokenizer) -> dict[str, int]:
+        """Items of each request list longer than eval.max_length (counted once per tokenizer); warns."""
+        key = (type(tokenizer).__name__, getattr(tokenizer, "name_or_path", ""), len(tokenizer))
+        if key not in self._eval_cut:
+            self._eval_cut[key] = truncation.eval_counts(tokenizer, self.bench.eval_plan(), self.eval_cfg.max_length)
+        counts = self._eval_cut[key]
+        self._warn(truncation.warning(counts, "eval.max_length", self.eval_cfg.max_length, "evaluation"))
+        return counts
+
+    def _warn(self, line: str) -> None:
+        """Log a warning once per run."""
+        if line and line not in self._warned:
+            self._warned.add(line)
+            self.log(line)
 
     @staticmethod
     def _free() -> None:
@@ -462,7 +511,7 @@ def render_results(results_dir: Path, log=print) -> Path:
     """Re-render ``<results>/LEADERBOARD.md`` from the stored records alone."""
     from harness.leaderboard.markdown import write_leaderboard
 
-    records = [r for r in load_records(results_dir, log) if r.get("status") in FINISHED]
+    records = [r for r in load_records(results_dir, log) if r.get("status") in SHOWN]
     columns = {name: list(cls.columns) for name, cls in BENCHMARKS.items()}
     path = Path(results_dir) / "LEADERBOARD.md"
     write_leaderboard(records, columns, path)

@@ -1,7 +1,7 @@
 """CSV and JSON exports of the leaderboard table (the same rows and values as LEADERBOARD.md).
 
-One row per leaderboard row: records of one (kind, method, config_id) in one (benchmark, model)
-section collapse into one row, in the Markdown's order (sections by benchmark then model;
+One row per leaderboard row: records of one (kind, method, config_id) in one (benchmark, model,
+data cut) section collapse into one row, in the Markdown's order (sections by benchmark, model, cut;
 reference rows first, then method rows by label). For every metric column ``KEY`` of any
 benchmark there are two fields: ``KEY`` (the mean over the row's seeds, full precision; the
 Markdown shows it rounded to the column's digits) and ``KEY_std`` (sample std over seeds; empty
@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .columns import Column
-from .markdown import _build_rows, _record_key, _settings_text, _text, _unique
+from .markdown import _build_rows, _record_key, _settings_text, _text, _unique, section_key
 
 __all__ = ["leaderboard_frame", "render_csv", "render_json", "write_exports", "leaderboard_inputs", "FIXED_FIELDS"]
 
-FIXED_FIELDS = ("benchmark", "model", "row", "kind", "method", "config_id", "seeds", "n_seeds", "status",
+FIXED_FIELDS = ("benchmark", "model", "data_cut", "row", "kind", "method", "config_id", "seeds", "n_seeds", "status",
                 "settings", "commit", "path", "notes")
 
 
@@ -58,21 +58,21 @@ def _metric_keys(columns: Mapping[str, Sequence[Column]], benchmarks: Sequence[s
 
 
 def _table(records: Sequence[Mapping[str, Any]], columns: Mapping[str, Sequence[Column]]) -> tuple[list[str], list[dict]]:
-    sections: dict[tuple[str, str], list[dict]] = {}
+    sections: dict[tuple[str, str, str], list[dict]] = {}
     for record in records:
-        key = (_text(record.get("benchmark")) or "?", _text(record.get("model")) or "?")
-        sections.setdefault(key, []).append(dict(record))
+        sections.setdefault(section_key(record), []).append(dict(record))
     order = sorted(sections)
-    keys = _metric_keys(columns, _unique(b for b, _ in order))
+    keys = _metric_keys(columns, _unique(b for b, _, _ in order))
     rows: list[dict] = []
-    for benchmark, model in order:
+    for benchmark, model, cut in order:
         cols = list(columns.get(benchmark) or [])
         own = {c.key for c in cols}
-        group = sorted(sections[(benchmark, model)], key=_record_key)
+        group = sorted(sections[(benchmark, model, cut)], key=_record_key)
         for row in _build_rows(group, cols):
             out: dict[str, Any] = {
                 "benchmark": benchmark,
                 "model": model,
+                "data_cut": cut or None,
                 "row": row.label,
                 "kind": row.kind,
                 "method": row.method,
@@ -158,13 +158,13 @@ def write_exports(records: Sequence[Mapping[str, Any]], columns: Mapping[str, Se
 
 
 def leaderboard_inputs(results_dir: str | os.PathLike, warn=None) -> tuple[list[dict], dict[str, list[Column]]]:
-    """The finished records and the registered benchmarks' columns, as ``render_results`` uses them.
+    """The records a leaderboard shows (finished and failed) and the registered benchmarks' columns, as ``render_results`` uses them.
 
     ``warn`` (default: silent) receives the messages about unreadable records.
     """
     from harness.registry import BENCHMARKS
-    from harness.results import FINISHED, load_records
+    from harness.results import SHOWN, load_records
 
-    records = [r for r in load_records(Path(results_dir), warn or (lambda _msg: None)) if r.get("status") in FINISHED]
+    records = [r for r in load_records(Path(results_dir), warn or (lambda _msg: None)) if r.get("status") in SHOWN]
     columns = {name: list(cls.columns) for name, cls in BENCHMARKS.items()}
     return records, columns

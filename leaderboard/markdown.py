@@ -1,8 +1,10 @@
 """Render the Markdown leaderboard from stored run records.
 
-One section per (benchmark, model): a heading, a line naming the data source(s) and the
+One section per (benchmark, model, data cut): rows of runs that cut the benchmark down
+differently (``--limit``, ``benchmark.*`` overrides) are never compared in one table. A section has a heading, a line naming the data source(s) and the
 column legend, a GitHub-flavoured table, and numbered notes under it (diverged runs, the
-checkpoint a selection rule other than ``last`` reported, stand-in data). Reference rows
+checkpoint a selection rule other than ``last`` reported, stand-in data, the one-line reason
+of a failed cell, shown as a row marked "(failed)"). Reference rows
 (target, retain, ...) come first, then method rows by label.
 Seeds of one (method, config_id) collapse into one row showing mean ± sample std.
 The best method row per column is bold. The output depends only on the records' content,
@@ -27,7 +29,7 @@ from harness.results import atomic_write_text
 
 from .columns import DIRECTIONS, Column, format_value
 
-__all__ = ["render_leaderboard", "write_leaderboard", "format_value"]
+__all__ = ["render_leaderboard", "write_leaderboard", "format_value", "section_key"]
 
 MISSING = "n/a"
 REFERENCE_ORDER = {"target": 0, "retain": 1}
@@ -191,7 +193,10 @@ def _note_texts(row: _Row) -> list[str]:
         if status == "ok":
             continue
         who = f"seed {record.get('seed')} " if several else ""
-        if status == "diverged":
+        if status == "failed":
+            error = " ".join(str(record.get("error") or "no reason recorded").split())
+            text = f"{who}failed: {error} (the record holds the traceback; re-run to retry)."
+        elif status == "diverged":
             training = record.get("training") or {}
             step = training.get("diverged_at_step")
             loss = _number(training.get("last_finite_loss"))
@@ -237,6 +242,8 @@ def _build_rows(records: Sequence[Mapping[str, Any]], columns: Sequence[Column])
         row.records.sort(key=_record_key)
         first = row.records[0]
         row.label = _text(first.get("row")) or row.method or "?"
+        if all(r.get("status") == "failed" for r in row.records):
+            row.label += " (failed)"
         row.values = {c.key: _aggregate(row.records, c) for c in columns}
         row.notes = _note_texts(row)
     rows.sort(key=lambda r: r.sort_key())
@@ -277,7 +284,7 @@ def _legend(columns: Sequence[Column]) -> str:
     )
 
 
-def _data_cut(records: Sequence[Mapping[str, Any]]) -> str:
+def _data_cut(records: Sequence[Mapping[str, Any]], short: bool = False) -> str:
     """How the runs cut the benchmark down (``--limit``, ``benchmark.*`` overrides), if they did."""
     limits, overrides = set(), set()
     for r in records:
@@ -288,10 +295,20 @@ def _data_cut(records: Sequence[Mapping[str, Any]]) -> str:
         overrides.update(f"{k}={v}" for k, v in given.items() if str(k).startswith("benchmark."))
     parts = []
     if limits:
-        parts.append(f"--limit {' / '.join(sorted(limits, key=lambda s: (len(s), s)))} (first N items of every split)")
+        parts.append(f"--limit {' / '.join(sorted(limits, key=lambda s: (len(s), s)))}"
+                     + ("" if short else " (first N items of every split)"))
     if overrides:
         parts.append(", ".join(sorted(overrides)))
     return "; ".join(parts)
+
+
+def section_key(record: Mapping[str, Any]) -> tuple[str, str, str]:
+    """(benchmark, model, data cut): the records that share one leaderboard table."""
+    return (_text(record.get("benchmark")) or "?", _text(record.get("model")) or "?", _data_cut([record], short=True))
+
+
+def section_title(benchmark: str, model: str, cut: str) -> str:
+    return f"{benchmark} — {model}" + (f" — {cut}" if cut else "")
 
 
 def _render_section(benchmark: str, model: str, records: Sequence[Mapping[str, Any]],
@@ -348,7 +365,7 @@ def _render_section(benchmark: str, model: str, records: Sequence[Mapping[str, A
         table.append(cells)
 
     body = tabulate(table, headers=headers, tablefmt="github", disable_numparse=True, colalign=align)
-    parts = [f"## {benchmark} — {model}", intro, body]
+    parts = [f"## {section_title(benchmark, model, _data_cut(records, short=True))}", intro, body]
     if numbers:
         parts.append("\n".join(f"- {_superscript(n)} {note}" for note, n in numbers.items()))
     return "\n\n".join(parts)
@@ -356,16 +373,15 @@ def _render_section(benchmark: str, model: str, records: Sequence[Mapping[str, A
 
 def render_leaderboard(records: list[dict], columns: dict[str, list[Column]], title: str = "Leaderboard") -> str:
     """The whole leaderboard as Markdown; the same records give the same bytes in any order."""
-    sections: dict[tuple[str, str], list[dict]] = {}
+    sections: dict[tuple[str, str, str], list[dict]] = {}
     for record in records:
-        key = (_text(record.get("benchmark")) or "?", _text(record.get("model")) or "?")
-        sections.setdefault(key, []).append(record)
+        sections.setdefault(section_key(record), []).append(record)
 
     parts = [f"# {title}"]
     if not sections:
         parts.append("No runs recorded yet.")
-    for benchmark, model in sorted(sections):
-        group = sorted(sections[(benchmark, model)], key=_record_key)
+    for benchmark, model, cut in sorted(sections):
+        group = sorted(sections[(benchmark, model, cut)], key=_record_key)
         parts.append(_render_section(benchmark, model, group, columns.get(benchmark)))
     return "\n\n".join(parts) + "\n"
 

@@ -29,7 +29,7 @@ from urllib.parse import quote
 from harness.errors import HarnessError
 
 from .columns import Column
-from .markdown import _build_rows, _record_key, _text
+from .markdown import _build_rows, _record_key, _text, section_key
 
 __all__ = ["TRADEOFF_AXES", "FORMATS", "Axes", "PlotFile", "require_matplotlib", "tradeoff_axes", "write_plots",
            "plots_markdown", "add_plots_section"]
@@ -318,31 +318,32 @@ def write_plots(records: Sequence[Mapping[str, Any]], columns: Mapping[str, Sequ
     if unknown:
         raise HarnessError(f"unknown plot format(s) {', '.join(unknown)}; known: {', '.join(FORMATS)}.")
     folder = Path(folder)
-    sections: dict[tuple[str, str], list[dict]] = {}
+    sections: dict[tuple[str, str, str], list[dict]] = {}
     for record in records:
-        key = (_text(record.get("benchmark")) or "?", _text(record.get("model")) or "?")
-        sections.setdefault(key, []).append(dict(record))
+        sections.setdefault(section_key(record), []).append(dict(record))
 
     written: list[PlotFile] = []
     rc = {"svg.hashsalt": "unlearning-harness", "svg.fonttype": "path", "path.simplify": True}
     with mpl.style.context("default"), mpl.rc_context(rc):
-        for benchmark, model in sorted(sections):
+        for benchmark, model, cut in sorted(sections):
             cols = list(columns.get(benchmark) or [])
-            rows = _build_rows(sorted(sections[(benchmark, model)], key=_record_key), cols)
-            stem = f"{_slug(benchmark)}-{_slug(model)}"
+            group = sections[(benchmark, model, cut)]
+            rows = _build_rows(sorted(group, key=_record_key), cols)
+            stem = f"{_slug(benchmark)}-{_slug(model)}" + (f"-{_slug(cut.replace('--', ''))}" if cut else "")
+            name = f"{model} — {cut}" if cut else model    # the section's title after the benchmark
             axes = tradeoff_axes(benchmark, cols)
-            per_epoch = axes is not None and any(_epochs_of(r) for r in sections[(benchmark, model)])
+            per_epoch = axes is not None and any(_epochs_of(r) for r in group)
             figures = [
-                ("tradeoff", "forget vs utility", _tradeoff(benchmark, model, rows, cols, axes) if axes else None),
+                ("tradeoff", "forget vs utility", _tradeoff(benchmark, name, rows, cols, axes) if axes else None),
                 ("training", "training loss per step" + (" and scores per epoch" if per_epoch else ""),
-                 _training(benchmark, model, rows, cols, axes)),
+                 _training(benchmark, name, rows, cols, axes)),
             ]
             for kind, title, fig in figures:
                 if fig is None:
                     continue
                 folder.mkdir(parents=True, exist_ok=True)
                 paths = _save(fig, folder, f"{kind}-{stem}", formats)
-                written.append(PlotFile(benchmark, model, kind, title, paths))
+                written.append(PlotFile(benchmark, name, kind, title, paths))
     return written
 
 

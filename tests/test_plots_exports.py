@@ -150,7 +150,7 @@ def test_exports_are_deterministic(tmp_path):
 
 
 def test_no_records_exports_header_only():
-    assert render_csv([], COLUMNS).startswith("benchmark,model,row,")
+    assert render_csv([], COLUMNS).startswith("benchmark,model,data_cut,row,")
     assert json.loads(render_json([], COLUMNS))["rows"] == []
 
 

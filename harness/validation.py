@@ -1,0 +1,108 @@
+"""Checks a run makes before any model is loaded: limits, settings and their ranges, data, folders.
+
+A bad setting found after the target and retain models were prepared and evaluated costs
+minutes on a real model, and a raw ``PermissionError`` after the retain evaluation loses them.
+So the runner resolves every setting of every requested method, the benchmark and the
+train/finetune/eval sections up front (types are checked by ``config.cast``, the dataclasses'
+own ``__post_init__`` checks run), checks the value ranges below, that the data has something
+to train on, and that the folders it will write are writable. Each failure is a ``HarnessError``
+that names the setting or path and the fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.errors import HarnessError
+
+# (test, what the value must be) per field; a field not listed has no range beyond its type.
+Range = tuple[Callable[[Any], bool], str]
+POSITIVE: Range = (lambda v: v > 0, "> 0")
+AT_LEAST_0: Range = (lambda v: v >= 0, ">= 0")
+AT_LEAST_1: Range = (lambda v: v >= 1, ">= 1")
+FRACTION: Range = (lambda v: 0 <= v < 1, "in [0, 1)")
+
+TRAIN_RANGES: dict[str, Range] = {
+    "lr": POSITIVE, "epochs": AT_LEAST_0, "max_steps": AT_LEAST_0, "global_batch": AT_LEAST_1,
+    "micro_batch": AT_LEAST_1, "warmup_ratio": FRACTION, "weight_decay": AT_LEAST_0,
+    "max_grad_norm": AT_LEAST_0, "max_length": AT_LEAST_1, "max_abs_loss": AT_LEAST_0,
+}
+EVAL_RANGES: dict[str, Range] = {"batch_size": AT_LEAST_0, "max_length": AT_LEAST_1}
+
+
+def check_limit(limit: int | None) -> None:
+    """``--limit`` keeps the first N items; 0 or a negative N would silently mean 'all' or 'all but N'."""
+    if limit is not None and limit < 1:
+        raise HarnessError(
+            f"--limit must be at least 1 (it keeps the first N items of every split), got {limit}. "
+            "Leave --limit out to use the whole benchmark."
+        )
+
+
+def check_ranges(section: str, config: Any, ranges: dict[str, Range]) -> None:
+    """Every float of ``config`` finite, and every field listed in ``ranges`` inside its range."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise HarnessError(f"--set {section}.{f.name}: must be a finite number, got {value}.")
+        if f.name in ranges:
+            ok, must = ranges[f.name]
+            if not ok(value):
+                default = "" if f.default is dataclasses.MISSING else f" (default {f.default})"
+                raise HarnessError(f"--set {section}.{f.name}={value}: must be {must}{default}.")
+
+
+def check_settings(runner) -> None:
+    """Resolve (and so type-check) every section of the run, then check value ranges."""
+    check_ranges("finetune", runner.finetune_cfg, TRAIN_RANGES)
+    check_ranges("eval", runner.eval_cfg, EVAL_RANGES)
+    check_ranges("benchmark", runner.bench.config, {})
+    for name in runner.methods:
+        train_cfg, method_cfg = runner.method_configs(name)
+        check_ranges("train", train_cfg, TRAIN_RANGES)
+        check_ranges(name, method_cfg, {})
+
+
+def check_data(bench) -> None:
+    """A split the run trains on must hold items: an empty one would prepare models on nothing."""
+    info = bench.data_info() or {}
+    where = info.get("source") or "the benchmark's data"
+    cut = f" (after --limit {bench.limit})" if getattr(bench, "limit", None) else ""
+    for split, items in (("forget", bench.forget_train()), ("retain", bench.retain_train())):
+        if items is not None and len(items) == 0:
+            raise HarnessError(
+                f"benchmark '{bench.name}': the {split} split is empty{cut}; read from {where}. "
+                f"Expected at least one {split} item: check the data files (--data-dir) and benchmark.* settings."
+            )
+
+
+def check_writable(folder: Path | str, what: str, option: str) -> None:
+    """``folder`` exists as a writable folder, or can be created in a writable one."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise HarnessError(f"{what} '{folder}' is a file, not a folder; pass {option} with a folder path.")
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise HarnessError(
+            f"{what} '{folder}' cannot be created: '{probe}' is a file, not a folder; pass {option} with a folder path."
+        )
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise HarnessError(
+            f"{what} '{folder}' is not writable (no write permission on '{probe}'); "
+            f"pass {option} with a folder you can write, or change its permissions."
+        )
+
+
+def check_before_work(runner, folders: dict[str, tuple[Path, str]]) -> None:
+    """Everything the runner can check before it loads a model; ``folders``: what -> (path, option)."""
+    check_settings(runner)
+    check_data(runner.bench)
+    for what, (path, option) in folders.items():
+        check_writable(path, what, option)
