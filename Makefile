@@ -1,11 +1,14 @@
 # Two commands set everything up: `make run` (the default job) and `make test` (the suite).
+# `make run` writes to runs/ (git-ignored), so on a fresh clone it really runs the job;
+# `make results` regenerates the committed records of the default run in results/.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-RUN_ARGS ?=   # e.g. make run RUN_ARGS=--force to recompute the committed records
+RUN_ARGS ?=   # e.g. make run RUN_ARGS=--force to recompute every cell
+DEFAULT_JOB := run --methods all --benchmark synthetic
 
-.PHONY: run test install clean-venv
+.PHONY: run results test install clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +21,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/harness run --methods all --benchmark synthetic $(RUN_ARGS)
+	$(BIN)/harness $(DEFAULT_JOB) --results-dir runs $(RUN_ARGS)
+
+results: $(STAMP)
+	$(BIN)/harness $(DEFAULT_JOB) --results-dir results --force $(RUN_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 import time
@@ -87,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(run)
 
     st = sub.add_parser("status", help="which cells are queued, running (where), done or failed, from records and claims")
-    st.add_argument("--results-dir", type=Path, default=Path("results"))
+    st.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS, help=RESULTS_HELP)
     _common(st)
 
     ev = sub.add_parser("eval", help="score a model on a benchmark without unlearning")
@@ -131,9 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _progress():
-    from tqdm.auto import tqdm
+    from harness.progress import progress_factory
 
-    return functools.partial(tqdm, disable=None, leave=False, dynamic_ncols=True)
+    return progress_factory()
 
 
 def _log(msg: str) -> None:
@@ -148,6 +147,9 @@ def load_plugins(files: list[str]) -> None:
         load_plugin_file(f)
     for label, reason in PLUGINS.unreported_failures().items():
         print(f"warning: {label} failed to load and was skipped: {reason}", file=sys.stderr)
+    for note in dict.fromkeys(PLUGINS.overrides):
+        print(f"note: {note}", file=sys.stderr)
+    PLUGINS.overrides.clear()
 
 
 def cmd_list(args) -> int:

@@ -1,7 +1,10 @@
 """Reading benchmark data files (JSON arrays or JSON Lines) with errors that say where and how to fix.
 
 A malformed file names its path and line; a record missing a field the benchmark needs names
-the file, the record and the field. Used by every file-backed adapter.
+the file, the record and the field. A file with no records, or holding one JSON object where a
+list of records is expected, is refused with what was expected and what was found (an empty split
+would otherwise prepare models on nothing; an object would be read as one record). Used by every
+file-backed adapter.
 """
 from __future__ import annotations
 
@@ -46,11 +49,24 @@ def _read_items(path: Path, each: str) -> list[Any]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise HarnessError(f"data file {path} cannot be read: {exc}.") from None
-    if text.lstrip().startswith("["):
+    stripped = text.lstrip()
+    if stripped.startswith("["):
         try:
-            return json.loads(text)
+            items = json.loads(text)
         except json.JSONDecodeError as exc:
             raise HarnessError(f"malformed JSON in {path} at line {exc.lineno}, column {exc.colno}: {exc.msg}.") from None
+        return _non_empty(items, path, "an empty JSON array")
+    if stripped.startswith("{"):
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None   # several values: JSON Lines, read below
+        if isinstance(whole, dict):
+            keys = ", ".join(list(whole)[:5]) + (", ..." if len(whole) > 5 else "")
+            raise HarnessError(
+                f"data file {path}: expected a JSON array of records ([{{...}}, {{...}}]) or JSON Lines (one record "
+                f"per line), found a single JSON object (keys: {keys}). If it is one record, wrap it in [ ]."
+            )
     items = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -61,6 +77,13 @@ def _read_items(path: Path, each: str) -> list[Any]:
             raise HarnessError(
                 f"malformed JSON Lines in {path} at line {number}: {exc.msg}. Each line must be {each}."
             ) from None
+    return _non_empty(items, path, "an empty file" if not stripped else "no records")
+
+
+def _non_empty(items: Any, path: Path, found: str) -> list[Any]:
+    if isinstance(items, list) and not items:
+        raise HarnessError(f"data file {path}: expected at least one record, found {found}. "
+                           "Check the file (an empty split cannot be trained on or scored).")
     return items
 
 

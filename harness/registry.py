@@ -3,6 +3,8 @@
 Built-ins register themselves on import. Third-party code joins through an installed
 entry point (group ``unlearning_harness.<kind>s``) or ``--plugin path/to/file.py``.
 A plugin that fails to import is reported by name and never takes the others down.
+A name registered twice (two plugins, or a plugin reusing a built-in name) is an error that
+names both sources, unless the second registration asks for it with ``override=True``.
 """
 from __future__ import annotations
 
@@ -20,23 +22,56 @@ from harness.errors import HarnessError, unknown_name_error
 T = TypeVar("T")
 
 
+class DuplicateNameError(HarnessError):
+    """Two sources register one name; raised through the plugin loaders, never skipped as a failure."""
+
+
+_loading: list[str] = []   # the plugin source being imported (innermost last), for duplicate messages
+
+
+def _source(obj: Any) -> str:
+    """Where ``obj`` was defined, as the user knows it: a plugin file, an entry point, a module."""
+    module = getattr(getattr(obj, "fn", obj), "__module__", "?")   # a metric's entry wraps its function
+    return PLUGIN_SOURCES.get(module) or (_loading[-1] if _loading else f"built-in module {module}")
+
+
+def _same_definition(a: Any, b: Any) -> bool:
+    """One definition imported twice (the same module, or two copies of one plugin file), not two."""
+    a, b = getattr(a, "fn", a), getattr(b, "fn", b)
+    if getattr(a, "__qualname__", None) != getattr(b, "__qualname__", None):
+        return False
+    if getattr(a, "__module__", None) == getattr(b, "__module__", None):
+        return True
+    files = [getattr(sys.modules.get(getattr(x, "__module__", "")), "__file__", None) for x in (a, b)]
+    return all(files) and Path(files[0]).read_bytes() == Path(files[1]).read_bytes()
+
+
 class Registry(Generic[T]):
     """A name -> object mapping for one kind of component."""
 
     def __init__(self, kind: str):
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._sources: dict[str, str] = {}
 
-    def register(self, name: str | None = None) -> Callable[[T], T]:
+    def register(self, name: str | None = None, override: bool = False) -> Callable[[T], T]:
+        """Register under ``name`` (default: the object's ``name``); ``override=True`` replaces an
+        existing entry on purpose (reported as a note), anything else registered twice is an error."""
         def decorate(obj: T) -> T:
             key = (name or getattr(obj, "name", None) or getattr(obj, "__name__")).lower()
             existing = self._items.get(key)
-            if existing is not None and existing is not obj:
-                if getattr(existing, "__qualname__", None) != getattr(obj, "__qualname__", None) or getattr(
-                    existing, "__module__", None
-                ) != getattr(obj, "__module__", None):
-                    raise HarnessError(f"{self.kind} '{key}' is registered twice ({existing!r} and {obj!r}).")
+            source = _source(obj)
+            if existing is not None and existing is not obj and not _same_definition(existing, obj):
+                if not override:
+                    raise DuplicateNameError(
+                        f"{self.kind} '{key}' is registered twice: by {self._sources[key]} and by {source}. "
+                        f"Rename one of them, or, to replace the first on purpose, register the second with "
+                        f"override=True (@register_{self.kind}(override=True))."
+                    )
+                PLUGINS.overrides.append(f"{self.kind} '{key}' of {self._sources[key]} is replaced by the one of {source} "
+                                         "(override=True)")
             self._items[key] = obj
+            self._sources[key] = source
             return obj
 
         return decorate
@@ -83,6 +118,7 @@ class PluginReport:
     loaded: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     reported: set[str] = field(default_factory=set)   # failures already shown to the user
+    overrides: list[str] = field(default_factory=list)  # names replaced on purpose (override=True)
 
     def unreported_failures(self) -> dict[str, str]:
         """Failures not shown yet; marks them shown, so each is reported once per process."""
@@ -92,6 +128,7 @@ class PluginReport:
 
 
 PLUGINS = PluginReport()
+PLUGIN_SOURCES: dict[str, str] = {}   # module name of a --plugin file -> "plugin file PATH"
 _builtins_loaded = False
 
 
@@ -111,11 +148,16 @@ def load_entry_points() -> PluginReport:
     for group in ENTRY_POINT_GROUPS.values():
         for ep in entry_points(group=group):
             label = f"entry point {ep.name} ({ep.value})"
+            _loading.append(label)
             try:
                 ep.load()
                 PLUGINS.loaded.append(label)
+            except DuplicateNameError:
+                raise
             except Exception as exc:  # a broken plugin must not stop the others
                 PLUGINS.failed[label] = _one_line(exc)
+            finally:
+                _loading.pop()
     return PLUGINS
 
 
@@ -132,8 +174,12 @@ def load_plugin_file(path: str | Path) -> bool:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
+    PLUGIN_SOURCES[module_name] = label
     try:
         spec.loader.exec_module(module)
+    except DuplicateNameError:
+        sys.modules.pop(module_name, None)
+        raise
     except Exception as exc:
         sys.modules.pop(module_name, None)
         PLUGINS.failed[label] = _one_line(exc)

@@ -49,12 +49,14 @@ def check_ranges(section: str, config: Any, ranges: dict[str, Range]) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         if isinstance(value, float) and not math.isfinite(value):
-            raise HarnessError(f"--set {section}.{f.name}: must be a finite number, got {value}.")
+            raise HarnessError(f"{section}.{f.name}: must be a finite number, got {value}; "
+                               f"set it with --set {section}.{f.name}=VALUE.")
         if f.name in ranges:
             ok, must = ranges[f.name]
             if not ok(value):
                 default = "" if f.default is dataclasses.MISSING else f" (default {f.default})"
-                raise HarnessError(f"--set {section}.{f.name}={value}: must be {must}{default}.")
+                raise HarnessError(f"{section}.{f.name}={value}: must be {must}{default}; "
+                                   f"set it with --set {section}.{f.name}=VALUE.")
 
 
 def check_settings(runner) -> None:

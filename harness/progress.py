@@ -1,0 +1,60 @@
+"""Progress that is never silent for minutes: tqdm bars on a terminal, timed lines elsewhere.
+
+tqdm hides its bars when output is not a terminal (``make run | tee log``, CI), and a run then
+prints nothing while it fine-tunes or evaluates for minutes. ``LineProgress`` has the part of
+tqdm's interface the loop and the engine use (``update``, ``set_postfix``, ``close``) and prints
+one line every ``every`` seconds while a task runs, and one when such a task ends; a task shorter
+than that prints nothing (the runner's own lines already say what finished).
+"""
+from __future__ import annotations
+
+import functools
+import sys
+import time
+
+
+class LineProgress:
+    def __init__(self, total: int | None = None, desc: str = "", unit: str = "it", every: float = 20.0,
+                 stream=None, **_ignored):
+        self.total, self.desc, self.unit, self.every = total, desc, unit, every
+        self.stream = stream or sys.stderr
+        self.n, self.postfix = 0, ""
+        self.started = self.last = time.monotonic()
+        self.printed = False
+
+    def _print(self, state: str) -> None:
+        self.printed = True
+        of = f"/{self.total}" if self.total else ""
+        elapsed = time.monotonic() - self.started
+        post = f", {self.postfix}" if self.postfix else ""
+        print(f"  {self.desc}: {self.n}{of} {self.unit} {state} ({elapsed:.0f} s{post})", file=self.stream, flush=True)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            self._print("done")
+
+    def set_postfix(self, **values) -> None:
+        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+
+    def close(self) -> None:
+        if self.printed:
+            self._print("finished")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def progress_factory(stream=None):
+    """tqdm bars when ``stream`` (default stderr) is a terminal, timed progress lines otherwise."""
+    stream = stream or sys.stderr
+    if getattr(stream, "isatty", lambda: False)():
+        from tqdm.auto import tqdm
+
+        return functools.partial(tqdm, leave=False, dynamic_ncols=True, file=stream)
+    return functools.partial(LineProgress, stream=stream)
