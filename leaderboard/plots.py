@@ -5,9 +5,12 @@ Per (benchmark, model) section of the leaderboard:
 - ``tradeoff-<benchmark>-<model>.png|svg``: forget (x) against utility (y), one point per
   leaderboard row (mean over seeds), the retain model drawn as a star and labelled as the goal;
   the axes per benchmark come from ``TRADEOFF_AXES`` (else the benchmark's first
-  knowledge/verbatim column against its first utility column);
+  knowledge/verbatim column against its first utility column). Points that would overlap on the
+  page (within a few per cent of the axes, e.g. GA and NPO, or every row of a run that scored 0
+  everywhere) share one label listing their rows, so no label is drawn over another;
 - ``training-<benchmark>-<model>.png|svg``: training loss per step (``record["training"]["losses"]``)
-  of every method run, one line per seed; a diverged run ends in a cross. Runs made with
+  as small multiples, one panel per method row with its own y scale (NPO's loss of 7-14 would
+  flatten GA's -1..-3 on a shared axis), one line per seed; a diverged run ends in a cross. Runs made with
   ``eval.per_epoch`` add two panels below: the trade-off axes' forget and utility scores per
   epoch (``record["epochs"]``), the retain model's value dotted, and the checkpoint a selection
   rule other than ``last`` reported ringed.
@@ -108,11 +111,11 @@ def _axis_label(key: str, columns: Sequence[Column], role: str) -> str:
     return f"{column.header() if column else key} ({role})"
 
 
-def _new_figure(height: float = 4.8):
+def _new_figure(height: float = 4.8, layout: str | None = None):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.4, height), dpi=100)
+    fig = Figure(figsize=(6.4, height), dpi=100, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
@@ -150,6 +153,7 @@ def _tradeoff(benchmark: str, model: str, rows, columns: Sequence[Column], axes:
     colors = [f"C{i}" for i in range(10)]
     shown: set[str] = set()
     n_method = 0
+    labels: list[tuple[float, float, str]] = []
     for row, x, y in points:
         diverged = any((r.get("status") or "ok") != "ok" for r in row.records)
         label = row.label + (" (diverged)" if diverged else "")
@@ -167,7 +171,9 @@ def _tradeoff(benchmark: str, model: str, rows, columns: Sequence[Column], axes:
             legend = "method (hollow: diverged)"
         ax.scatter([x], [y], label=None if legend in shown else legend, **style)
         shown.add(legend)
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
+        labels.append((x, y, label))
+    for x, y, text in _merged_labels(labels, axes.forget_log):
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
     if axes.forget_log:
         ax.set_xscale("log")
     ax.set_xlabel(_axis_label(axes.forget, columns, "forget"))
@@ -179,11 +185,46 @@ def _tradeoff(benchmark: str, model: str, rows, columns: Sequence[Column], axes:
     return fig
 
 
+#: two points closer than this (fractions of the axes' data range, x then y) share one label
+LABEL_CLEARANCE = (0.10, 0.045)
+
+
+def _merged_labels(points: Sequence[tuple[float, float, str]], x_log: bool = False) -> list[tuple[float, float, str]]:
+    """One label per group of points that would overlap on the page, listing the group's rows.
+
+    Groups are formed greedily in the given (row) order; distances are measured as fractions of
+    the data range of each axis (log10 for a log axis), so the rule does not depend on units.
+    A group's label sits at its first point; long lists wrap after three names.
+    """
+    def coord(x: float, y: float) -> tuple[float, float]:
+        return (math.log10(x) if x_log and x > 0 else x), y
+
+    xy = [coord(x, y) for x, y, _ in points]
+    span_x = (max(p[0] for p in xy) - min(p[0] for p in xy)) if xy else 0.0
+    span_y = (max(p[1] for p in xy) - min(p[1] for p in xy)) if xy else 0.0
+    groups: list[list[int]] = []
+    for i, (x, y) in enumerate(xy):
+        for group in groups:
+            gx, gy = xy[group[0]]
+            if abs(x - gx) <= LABEL_CLEARANCE[0] * span_x and abs(y - gy) <= LABEL_CLEARANCE[1] * span_y:
+                group.append(i)
+                break
+        else:
+            groups.append([i])
+    out = []
+    for group in groups:
+        names = [points[i][2] for i in group]
+        lines = [", ".join(names[k : k + 3]) for k in range(0, len(names), 3)]
+        out.append((points[group[0]][0], points[group[0]][1], ",\n".join(lines)))
+    return out
+
+
 @dataclass
 class _Run:
     """One method record's curves: loss per step and, with ``eval.per_epoch``, scores per epoch."""
 
     label: str
+    panel: str                                    # the leaderboard row: one small-multiple panel each
     color: str
     dash: str
     diverged: bool
@@ -228,35 +269,49 @@ def _runs(rows) -> list[_Run]:
                 label += f" [{row.config_id}]"
             if len(row.records) > 1:
                 label += f" (seed {_text(record.get('seed'))})"
-            runs.append(_Run(label, f"C{n_rows % 10}", STYLES[i % len(STYLES)],
+            panel = row.label + (f" [{row.config_id}]" if labels.count(row.label) > 1 else "")
+            runs.append(_Run(label, panel, f"C{n_rows % 10}", STYLES[i % len(STYLES)],
                              (record.get("status") or "ok") == "diverged", ys, epochs, _chosen_epoch(record)))
         n_rows += 1
     return runs
 
 
-def _draw_losses(ax, runs: Sequence[_Run], benchmark: str, model: str) -> None:
+def _draw_losses(fig, spec, runs: Sequence[_Run], benchmark: str, model: str) -> None:
+    """Small multiples: one panel per method row (its seeds as dashes), each with its own y scale."""
     from matplotlib.ticker import MaxNLocator
 
-    lines = [r for r in runs if r.losses]
-    for run in lines:
-        ys = run.losses
-        steps = list(range(1, len(ys) + 1))
-        ax.plot(steps, ys, label=run.label, color=run.color, linestyle=run.dash, linewidth=1.2,
-                marker="." if len(ys) <= 30 else None)
-        if run.diverged:
-            finite = [(s, y) for s, y in zip(steps, ys) if not math.isnan(y)]
-            if finite:
-                ax.plot([finite[-1][0]], [finite[-1][1]], marker="x", markersize=9, color=run.color)
-    magnitudes = sorted(abs(y) for run in lines for y in run.losses if not math.isnan(y))
-    if magnitudes and magnitudes[-1] > 1 and magnitudes[-1] > 50 * max(magnitudes[len(magnitudes) // 2], 1e-12):
-        ax.set_yscale("symlog", linthresh=1.0)  # one exploding run would flatten every other curve
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("optimiser step")
-    ax.set_ylabel("training loss")
-    ax.set_title(f"{benchmark} — {model}: training loss per step", fontsize=10)
-    ax.grid(True, alpha=0.3)
-    if lines:
-        ax.legend(fontsize=7, loc="best", ncol=2 if len(lines) > 8 else 1)
+    panels: dict[str, list[_Run]] = {}
+    for run in runs:
+        if run.losses:
+            panels.setdefault(run.panel, []).append(run)
+    ncols = min(3, max(1, len(panels)))
+    nrows = max(1, math.ceil(len(panels) / ncols))
+    grid = spec.subgridspec(nrows, ncols)
+    for i, (name, members) in enumerate(panels.items()):
+        ax = fig.add_subplot(grid[i // ncols, i % ncols])
+        for run in members:
+            ys = run.losses
+            steps = list(range(1, len(ys) + 1))
+            ax.plot(steps, ys, label=run.label, color=run.color, linestyle=run.dash, linewidth=1.2,
+                    marker="." if len(ys) <= 30 else None)
+            if run.diverged:
+                finite = [(s, y) for s, y in zip(steps, ys) if not math.isnan(y)]
+                if finite:
+                    ax.plot([finite[-1][0]], [finite[-1][1]], marker="x", markersize=9, color=run.color)
+        magnitudes = sorted(abs(y) for run in members for y in run.losses if not math.isnan(y))
+        if magnitudes and magnitudes[-1] > 1 and magnitudes[-1] > 50 * max(magnitudes[len(magnitudes) // 2], 1e-12):
+            ax.set_yscale("symlog", linthresh=1.0)  # one exploding run would flatten the rest of its curve
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=4))
+        ax.tick_params(labelsize=7)
+        ax.set_title(name, fontsize=8)
+        ax.grid(True, alpha=0.3)
+        if i % ncols == 0:
+            ax.set_ylabel("training loss", fontsize=8)
+        if i // ncols == nrows - 1:
+            ax.set_xlabel("optimiser step", fontsize=8)
+        if len(members) > 1:
+            ax.legend(fontsize=6, loc="best")
+    fig.suptitle(f"{benchmark} — {model}: training loss per step (own y scale per method)", fontsize=10)
 
 
 def _draw_epochs(ax, runs: Sequence[_Run], key: str, columns: Sequence[Column], role: str,
@@ -286,24 +341,31 @@ def _draw_epochs(ax, runs: Sequence[_Run], key: str, columns: Sequence[Column], 
     ax.grid(True, alpha=0.3)
 
 
+def _loss_panels(runs: Sequence[_Run]) -> int:
+    return len({r.panel for r in runs if r.losses})
+
+
 def _training(benchmark: str, model: str, rows, columns: Sequence[Column] = (), axes: Axes | None = None):
-    """Loss per step; with per-epoch evaluations also forget and utility scores per epoch, below it."""
+    """Loss per step (small multiples); with per-epoch evaluations also forget and utility scores per epoch."""
     runs = _runs(rows)
     if not any(r.losses for r in runs) and not (axes and any(r.epochs for r in runs)):
         return None
+    loss_rows = math.ceil(_loss_panels(runs) / 3)
+    loss_height = 0.6 + 2.0 * loss_rows
     if not axes or not any(r.epochs for r in runs):
-        fig = _new_figure()
-        _draw_losses(fig.add_subplot(), runs, benchmark, model)
-        fig.tight_layout()
+        fig = _new_figure(height=max(3.0, loss_height), layout="constrained")
+        _draw_losses(fig, fig.add_gridspec(1, 1)[0, 0], runs, benchmark, model)
         return fig
     retain = next((r.records for r in rows if r.kind == "reference" and r.method == "retain"), [])
-    fig = _new_figure(height=8.0)
-    grid = fig.add_gridspec(2, 2, height_ratios=(3, 2))
-    _draw_losses(fig.add_subplot(grid[0, :]), runs, benchmark, model)
+    fig = _new_figure(height=loss_height + 3.4, layout="constrained")
+    grid = fig.add_gridspec(2, 2, height_ratios=(max(loss_height, 0.1), 3.0))
+    if loss_rows:
+        _draw_losses(fig, grid[0, :], runs, benchmark, model)
+    else:
+        fig.suptitle(f"{benchmark} — {model}: scores per epoch", fontsize=10)
     _draw_epochs(fig.add_subplot(grid[1, 0]), runs, axes.forget, columns, "forget", _mean(retain, axes.forget),
                  axes.forget_log)
     _draw_epochs(fig.add_subplot(grid[1, 1]), runs, axes.utility, columns, "utility", _mean(retain, axes.utility))
-    fig.tight_layout()
     return fig
 
 
