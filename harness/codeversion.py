@@ -12,7 +12,6 @@ re-runs the cell (cheaper to explain, and never wrong, unlike guessing which edi
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib
 import sys
@@ -26,8 +25,8 @@ FINETUNE_MODULES = (*LOOP_MODULES, "harness.prepare")
 ENGINE_MODULES = ("harness.engine",)
 
 
-@functools.lru_cache(maxsize=None)
 def file_hash(path: str) -> str:
+    """Read afresh each time (a few small files per cell): an edit in a long-lived process counts."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
 

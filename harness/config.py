@@ -80,7 +80,12 @@ def build(cls: type, section: str, layers: list[dict[str, Any]]) -> Any:
             sec, _, name = key.rpartition(".")
             if sec == section and name in types:
                 values[name] = cast(key, value, types[name])
-    return cls(**values)
+    try:
+        return cls(**values)
+    except HarnessError as exc:   # TrainConfig serves two sections: name the one that was set
+        if section == "finetune":
+            raise HarnessError(str(exc).replace("train.", "finetune.")) from None
+        raise
 
 
 def valid_keys(sections: dict[str, type]) -> list[str]:

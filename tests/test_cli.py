@@ -217,7 +217,10 @@ def test_method_whose_settings_do_not_fit_fails_its_cell_and_the_run_goes_on(tmp
     assert sga["status"] == "failed" and "Lower sga.K or supply a larger retain split" in sga["error"]
     ga = json.loads(next(results.glob("synthetic/tiny-random/ga/*.json")).read_text())
     assert ga["status"] == "ok"
-    assert "[GA](" in (results / "LEADERBOARD.md").read_text()
+    board = (results / "LEADERBOARD.md").read_text()
+    assert "[GA](" in board
+    assert "[SGA (failed)](synthetic/tiny-random/sga/" in board   # shown, not dropped (issue 14)
+    assert "failed: MethodSettingsError: sga.normal_source=random with K=50 needs at least 49 retain items" in board
 
 
 def test_leaderboard_says_how_the_benchmark_was_cut_down(finished_run):
