@@ -295,7 +295,7 @@ class MuseNews(Benchmark):
             require_fields(rows, fields, Path(f"{HUB_ID}/{subset}/{split}"))
             return rows
         path = self._local(subset, split)
-        rows = read_records(path)
+        rows = read_records(path, array=True)   # MUSE's files are JSON arrays
         self._note_file(f"{subset}/{split}.json", path.read_bytes())
         require_fields(rows, fields, path)
         return rows
@@ -304,7 +304,7 @@ class MuseNews(Benchmark):
         if not self.offline:
             return as_texts(self._hub(subset, split), Path(f"{HUB_ID}/{subset}/{split}"))
         path = self._local(subset, split)
-        texts = read_texts(path)
+        texts = read_texts(path, array=True)
         self._note_file(f"{subset}/{split}.json", path.read_bytes())
         return texts
 

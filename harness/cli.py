@@ -225,12 +225,15 @@ def cmd_eval(args) -> int:
     req = _request(args, methods="all", target=args.model, retain=args.retain, results_dir=args.results_dir,
                    force=args.force, save_models=False)
     runner, summary, reference = Runner(req, _progress(), _log), RunSummary(), None
-    if args.retain:
-        retain_record = runner.reference_cell("retain", args.retain, None, summary)
-        reference = retain_record.get("reference_values") if retain_record else None
-    else:
-        print("note: no --retain model given; forget quality and PrivLeak need one and are left out.")
-    record = runner.reference_cell("target", args.model, reference, summary)
+    try:
+        if args.retain:
+            retain_record = runner.reference_cell("retain", args.retain, None, summary)
+            reference = retain_record.get("reference_values") if retain_record else None
+        else:
+            print("note: no --retain model given; forget quality and PrivLeak need one and are left out.")
+        record = runner.reference_cell("target", args.model, reference, summary)
+    except KeyboardInterrupt:
+        raise Interrupted(summary.records) from None
     print(f"leaderboard: {render_results(args.results_dir)}")
     return 0 if record and record.get("status") == "ok" else 1
 

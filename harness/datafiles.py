@@ -3,8 +3,10 @@
 A malformed file names its path and line; a record missing a field the benchmark needs names
 the file, the record and the field. A file with no records, or holding one JSON object where a
 list of records is expected, is refused with what was expected and what was found (an empty split
-would otherwise prepare models on nothing; an object would be read as one record). Used by every
-file-backed adapter.
+would otherwise prepare models on nothing; an object would be read as one record). A single
+object passes as a one-line JSON Lines file (TOFU's hub files are JSON Lines named ``.json``)
+unless it holds only lists or objects (columns, or a wrapper around the records) or the adapter
+declares its files JSON arrays (``array=True``, e.g. MUSE). Used by every file-backed adapter.
 """
 from __future__ import annotations
 
@@ -15,15 +17,17 @@ from typing import Any, Iterable
 from harness.errors import HarnessError
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """All records of a JSON array file or a JSON Lines file (detected from the content)."""
-    return [_as_record(item, path, i) for i, item in enumerate(_read_items(Path(path), "one JSON object"), start=1)]
+def read_records(path: Path, array: bool = False) -> list[dict[str, Any]]:
+    """All records of a JSON array file or a JSON Lines file (detected from the content, or an
+    array only when ``array``)."""
+    items = _read_items(Path(path), "one JSON object", array)
+    return [_as_record(item, path, i) for i, item in enumerate(items, start=1)]
 
 
-def read_texts(path: Path) -> list[str]:
+def read_texts(path: Path, array: bool = False) -> list[str]:
     """A text split: a JSON array (or JSON Lines) of strings or of {"text": ...} objects."""
     path = Path(path)
-    return as_texts(_read_items(path, "one JSON string or object"), path)
+    return as_texts(_read_items(path, "one JSON string or object", array), path)
 
 
 def as_texts(items: list[Any], path: Path) -> list[str]:
@@ -41,7 +45,7 @@ def as_texts(items: list[Any], path: Path) -> list[str]:
     return texts
 
 
-def _read_items(path: Path, each: str) -> list[Any]:
+def _read_items(path: Path, each: str, array: bool = False) -> list[Any]:
     """The JSON values of a file: one array, or one value per line (JSON Lines)."""
     if not path.is_file():
         raise HarnessError(f"data file {path} does not exist; check --data-dir (it must hold the benchmark's files).")
@@ -61,11 +65,13 @@ def _read_items(path: Path, each: str) -> list[Any]:
             whole = json.loads(text)
         except json.JSONDecodeError:
             whole = None   # several values: JSON Lines, read below
-        if isinstance(whole, dict):
+        wrapper = isinstance(whole, dict) and whole and all(isinstance(v, (list, dict)) for v in whole.values())
+        if isinstance(whole, dict) and (array or wrapper):
             keys = ", ".join(list(whole)[:5]) + (", ..." if len(whole) > 5 else "")
             raise HarnessError(
-                f"data file {path}: expected a JSON array of records ([{{...}}, {{...}}]) or JSON Lines (one record "
-                f"per line), found a single JSON object (keys: {keys}). If it is one record, wrap it in [ ]."
+                f"data file {path}: expected a JSON array of records ([{{...}}, {{...}}])"
+                + ("" if array else " or JSON Lines (one record per line)")
+                + f", found a single JSON object (keys: {keys}). If it is one record, wrap it in [ ]."
             )
     items = []
     for number, line in enumerate(text.splitlines(), start=1):

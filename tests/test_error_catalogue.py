@@ -56,13 +56,20 @@ def _tofu_with_empty_forget(tmp: Path) -> Path:
     return folder
 
 
+def _tofu_with_wrapped_forget(tmp: Path) -> Path:
+    """TOFU files whose forget01.json wraps its records in an object ({"data": [...]})."""
+    folder = _tofu_with_empty_forget(tmp)
+    (folder / "forget01.json").write_text(json.dumps({"data": [{"question": "Q?", "answer": "A."}]}))
+    return folder
+
+
 def _muse_with_object_qa(tmp: Path) -> Path:
-    """MUSE-News files whose knowmem/forget_qa.json holds one JSON object (columns) instead of a list."""
+    """MUSE-News files whose knowmem/forget_qa.json holds one JSON object instead of a list of them."""
     folder = tmp / "muse"
     (folder / "verbmem").mkdir(parents=True)
     (folder / "knowmem").mkdir()
     (folder / "verbmem" / "forget.json").write_text(json.dumps([{"prompt": "P", "gt": "G"}]))
-    (folder / "knowmem" / "forget_qa.json").write_text(json.dumps({"question": ["Q?"], "answer": ["A."]}))
+    (folder / "knowmem" / "forget_qa.json").write_text(json.dumps({"question": "Q?", "answer": "A."}))
     return folder
 
 
@@ -104,6 +111,8 @@ CASES = [
     Case("`--data-dir` that does not exist", lambda t: [*RUN, "--data-dir", str(t / "missing")]),
     Case("TOFU `forget01.json` holding `[]`",
          lambda t: [*run_on("tofu"), "--data-dir", str(_tofu_with_empty_forget(t))]),
+    Case("TOFU `forget01.json` holding `{\"data\": [...]}`",
+         lambda t: [*run_on("tofu"), "--data-dir", str(_tofu_with_wrapped_forget(t))]),
     Case("MUSE `knowmem/forget_qa.json` holding a JSON object",
          lambda t: [*run_on("muse-news"), "--data-dir", str(_muse_with_object_qa(t))]),
     Case("a plugin registering the built-in name `ga`",
