@@ -272,3 +272,15 @@ def test_override_replaces_a_built_in_on_purpose_and_says_so(tmp_path, capsys, m
     assert capsys.readouterr().err == (f"note: method 'ga' of built-in module harness.methods.ga is replaced by the one "
                                        f"of plugin file {plugin} (override=True)\n")
     assert METHODS.get("ga").__name__ == "MyGA"
+
+
+def test_an_unwritable_results_folder_is_refused_before_work(tmp_path, monkeypatch):
+    """Root may write anywhere, so the read-only case is simulated where the check asks the OS."""
+    from harness import validation
+    from harness.errors import HarnessError
+
+    monkeypatch.setattr(validation.os, "access", lambda path, mode: False)
+    with pytest.raises(HarnessError) as caught:
+        validation.check_writable(tmp_path / "results", "results directory", "--results-dir")
+    assert str(caught.value) == (f"results directory '{tmp_path / 'results'}' is not writable (no write permission on "
+                                 f"'{tmp_path}'); pass --results-dir with a folder you can write, or change its permissions.")
