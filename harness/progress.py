@@ -21,6 +21,7 @@ class LineProgress:
         self.n, self.postfix = 0, ""
         self.started = self.last = time.monotonic()
         self.printed = False
+        self.with_postfix = False   # set_postfix follows each update (the training loop): print there
 
     def _print(self, state: str) -> None:
         self.printed = True
@@ -29,15 +30,21 @@ class LineProgress:
         post = f", {self.postfix}" if self.postfix else ""
         print(f"  {self.desc}: {self.n}{of} {self.unit} {state} ({elapsed:.0f} s{post})", file=self.stream, flush=True)
 
-    def update(self, n: int = 1) -> None:
-        self.n += n
+    def _maybe_print(self) -> None:
         now = time.monotonic()
         if now - self.last >= self.every:
             self.last = now
             self._print("done")
 
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if not self.with_postfix:
+            self._maybe_print()
+
     def set_postfix(self, **values) -> None:
         self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+        self.with_postfix = True
+        self._maybe_print()
 
     def close(self) -> None:
         if self.printed:
