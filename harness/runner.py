@@ -141,6 +141,13 @@ class Runner:
 
     def _check_needs(self) -> None:
         """Refuse, before any work, a method that needs data this benchmark does not have."""
+        if self.eval_cfg.per_epoch:
+            for name in self.methods:
+                if not self.method_cls[name].has_epochs:
+                    raise HarnessError(
+                        f"method '{name}' has no unlearning epochs (its model exists only at the end), so "
+                        "eval.per_epoch does not apply to it. Leave it out of --methods, or turn eval.per_epoch off."
+                    )
         if self.bench.retain_train():
             return
         for name in self.methods:

@@ -11,8 +11,9 @@ import copy
 import math
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -67,6 +68,7 @@ class TrainResult:
     seconds: float = 0.0
     tokens: int = 0
     reference_forward_passes: int = 0     # forward passes spent on the reference before training
+    phases: dict = field(default_factory=dict)   # what a method's own stages did (e.g. a reinforcing fine-tune)
 
     def summary(self) -> dict:
         return {
@@ -79,6 +81,7 @@ class TrainResult:
             "seconds": round(self.seconds, 3),
             "tokens": self.tokens,
             "reference_forward_passes": self.reference_forward_passes,
+            **({"phases": self.phases} if self.phases else {}),
         }
 
 
@@ -110,8 +113,76 @@ def train(
     log=None,
     on_epoch_end: Callable[[int, torch.nn.Module], None] | None = None,
 ) -> TrainResult:
+    """Unlearn with ``method``: its ``unlearn`` hook, by default one ``run_loop`` on its loss."""
+    loop = Loop(tokenizer, forget, retain, cfg, seed, progress, add_eos, log, on_epoch_end)
+    return method.unlearn(model, loop)
+
+
+@dataclass
+class Loop:
+    """The shared loop bound to one run's data, settings and seed: what ``method.unlearn`` drives.
+
+    ``run`` minimises a method's loss on the forget set (``run_loop``); ``fine_tune`` trains a
+    model on the forget set with plain cross-entropy and the same settings, without the
+    per-epoch callback (a helper model's epochs are not the run's epochs).
+    """
+
+    tokenizer: Any
+    forget: list[Example]
+    retain: list[Example] | None
+    cfg: TrainConfig
+    seed: int
+    progress: Any = None
+    add_eos: bool = True
+    log: Any = None
+    on_epoch_end: Callable[[int, torch.nn.Module], None] | None = None
+
+    def run(self, method: UnlearningMethod, model: torch.nn.Module, extras: dict | None = None) -> TrainResult:
+        with only_trainable(model, method.trainable_parameters(model), method.name):
+            return run_loop(model, self.tokenizer, method, self.forget, self.retain, self.cfg, self.seed,
+                            self.progress, self.add_eos, self.log, self.on_epoch_end, extras=extras)
+
+    def fine_tune(self, model: torch.nn.Module, cfg: TrainConfig | None = None) -> TrainResult:
+        from harness.prepare import Finetune   # prepare imports this module
+
+        return self.__class__(self.tokenizer, self.forget, None, cfg or self.cfg, self.seed, self.progress,
+                              self.add_eos, self.log, None).run(Finetune(), model)
+
+
+@contextmanager
+def only_trainable(model: torch.nn.Module, trainable, method_name: str):
+    """Freeze every parameter not in ``trainable`` for the block; put ``requires_grad`` back after."""
+    chosen = {id(p) for p in trainable}
+    if not chosen:
+        raise HarnessError(f"method '{method_name}' selected no trainable parameters: nothing to update.")
+    before = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in before:
+        p.requires_grad_(id(p) in chosen)
+    try:
+        yield
+    finally:
+        for p, flag in before:
+            p.requires_grad_(flag)
+
+
+def run_loop(
+    model: torch.nn.Module,
+    tokenizer,
+    method: UnlearningMethod,
+    forget: list[Example],
+    retain: list[Example] | None,
+    cfg: TrainConfig,
+    seed: int,
+    progress=None,
+    add_eos: bool = True,
+    log=None,
+    on_epoch_end: Callable[[int, torch.nn.Module], None] | None = None,
+    extras: dict | None = None,
+) -> TrainResult:
     """Minimise ``method.loss`` over the forget set (paired with retain items when needed).
 
+    Parameters that do not require grad are not updated (``Loop.run`` freezes those a method does
+    not train, see ``only_trainable``). ``extras`` seeds ``ctx.extras``.
     ``on_epoch_end(epoch_index, model)`` (0-based index) runs after every completed epoch, never
     after a diverged one, with the model in eval mode; see ``_end_of_epoch`` for what it may
     not disturb. Its time is not counted as training time.
@@ -135,7 +206,7 @@ def train(
     steps_per_epoch, total, epochs = epoch_plan(len(forget), cfg)
     ctx = MethodContext(
         epochs=epochs, forget_examples=forget, retain_examples=retain or [], encode=encode,
-        rng=random.Random(seed + 2),
+        rng=random.Random(seed + 2), extras=dict(extras or {}),
     )
     if NEEDS_REFERENCE_MODEL in needs:
         ctx.reference_model = copy.deepcopy(model).eval().requires_grad_(False)

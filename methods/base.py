@@ -2,6 +2,29 @@
 
 The training loop owns the optimiser, schedule, accumulation, precision, devices and the
 divergence guard; a method only says how to turn one batch into a loss to minimise.
+
+Four optional hooks cover what a loss alone cannot say, so the loop never special-cases a
+method:
+
+- ``needs_of()``: data and reference quantities the loop must provide (retain batches, a live
+  frozen copy of the model, reference log-probs); the runner refuses up front what a benchmark
+  cannot supply.
+- ``before_training(model, ctx)``: fixed reference quantities, computed once with the
+  pre-unlearning weights and no gradients (NPO's log-probs, FLAT's templates).
+- ``trainable_parameters(model)``: the parameters the optimiser updates (default: all that
+  require grad). RMU updates a few MLP matrices only; the loop freezes the rest for the run
+  and puts ``requires_grad`` back afterwards.
+- ``unlearn(model, loop)``: the method's whole procedure. The default is one run of the
+  shared loop minimising ``loss``. A method that must do more (fine-tune a copy of the target
+  first, or edit weights afterwards) overrides it and drives the same loop through ``loop``:
+  ``loop.fine_tune(copy)`` trains a copy on the forget data with plain cross-entropy (the
+  "reinforced" model of Task Vector and WHP), ``loop.run(self, model, extras=...)`` runs the
+  unlearning loop with ``extras`` handed to the method in ``ctx.extras``. Whatever it does,
+  it returns the ``TrainResult`` that the record reports.
+
+Activations: a method that needs a layer's hidden state reads it inside ``loss`` with
+``harness.activations.capture_output(decoder_layer(model, l))`` around its own forward pass
+(see that module); the loop is not involved.
 """
 from __future__ import annotations
 
@@ -59,6 +82,9 @@ class UnlearningMethod:
     paper: ClassVar[str] = ""
     Config: ClassVar[type] = NoConfig
     needs: ClassVar[frozenset[str]] = frozenset()
+    # False when the unlearned model exists only at the end (Task Vector edits weights after a
+    # fine-tune): per-epoch evaluation is then refused up front.
+    has_epochs: ClassVar[bool] = True
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()
@@ -72,3 +98,14 @@ class UnlearningMethod:
     def needs_of(self) -> frozenset[str]:
         """Needs can depend on the config (GradDiff's KL variant needs a reference model)."""
         return self.needs
+
+    def trainable_parameters(self, model) -> list[torch.nn.Parameter]:
+        """The parameters the optimiser updates; the loop freezes all others during the run."""
+        return [p for p in model.parameters() if p.requires_grad]
+
+    def unlearn(self, model, loop) -> Any:
+        """The whole procedure, returning a ``TrainResult``. Default: the shared loop on ``loss``.
+
+        ``loop`` is a ``harness.training.Loop`` bound to this run's data, settings and seed.
+        """
+        return loop.run(self, model)

@@ -123,10 +123,12 @@ def test_published_values_are_the_reference_numbers():
     muse = load_paper("muse_news").tables[0]
     rows = {r.name: r for r in muse.rows}
     assert rows["NPO_GDR"].published == {"verbmem_f": 1.2, "knowmem_f": 54.6, "knowmem_r": 40.5, "privleak": 105.8}
-    assert rows["Target"].published["privleak"] == -99.8 and rows["WHP"].match is None
+    assert rows["Target"].published["privleak"] == -99.8 and rows["WHP"].match.method == "whp"
+    assert rows["Task Vector"].match.method_config == {"alpha": 5.0}
     tofu = {t.title: {r.name: r for r in t.rows} for t in load_paper("tofu_openunlearning").tables}
     assert tofu["TOFU forget05"]["GradAscent"].published == {"forget_quality": 1.94e-119, "model_utility": 0}
     assert tofu["TOFU forget10"]["Retain"].published == {"forget_quality": 1.0, "model_utility": 0.61}
+    assert tofu["TOFU forget05"]["RMU"].published == {"forget_quality": 9.59e-10, "model_utility": 0.02}
     sga = {t.benchmark: {r.name: r for r in t.rows} for t in load_paper("sga").tables}
     assert sga["muse-news"]["SGA"].published["knowmem_r"] == 1.94
     assert sga["muse-news"]["GA"].published["knowmem_r"] == 0
@@ -198,11 +200,11 @@ def test_muse_news_cells():
     for name in ("NPO_GDR", "NPO_KLR", "Task Vector", "WHP"):
         assert cell(headers, rows[name], "VerbMem f ↓ ours") == NOT_RUN
         assert cell(headers, rows[name], "VerbMem f Δ") == "—"
-    assert cell(headers, rows["WHP"], "Harness run") == "not in the harness"
+    assert cell(headers, rows["WHP"], "Harness run") == "whp"
     assert cell(headers, rows["WHP"], "VerbMem f paper") == "19.7"
     body = section(text, f"## muse-news — {MODEL}")
     assert "NPO¹" in body and "- ¹ diverged at step 7; scores are of the weights at that point." in body
-    assert "Task Vector is not implemented" in body
+    assert "negated task vector applied with alpha = 5" in body and "MUSE's WHP evaluates the combined logits" in body
     assert "99.0" not in body and "SimNPO" not in body  # other forget source and unfinished record left out
     assert "Records considered: benchmark.forget_source=raw." in body
 

@@ -1,0 +1,138 @@
+"""RMU: representation misdirection for unlearning (Li et al. 2024, the WMDP paper).
+
+At one decoder layer l, the hidden state (the residual stream after layer l) of every forget
+answer token is steered towards a fixed random direction, and that of every retain answer
+token is held at the frozen model's:
+
+    L = (1/N_f) Σ_{t ∈ forget} (1/d)·||h_θ^l(t) - c·u||²  +  α · (1/N_r) Σ_{t ∈ retain} (1/d)·||h_θ^l(t) - h_frozen^l(t)||²,
+
+with d the hidden size, u a unit vector drawn once per run (uniform [0, 1) entries, then
+normalised, as in the authors' code), c the steering coefficient and N_f, N_r the answer-token
+counts of the two batches. Only the MLP down-projection weights of layers l-2, l-1 and l are
+updated; every other weight stays fixed. At the frozen model the retain term is exactly 0 and
+the forget term is the mean squared distance of the frozen states to c·u: the tests check both.
+
+Where the settings come from. The paper's zephyr-7b-beta (32 layers, d = 4096) settings are
+l = 7, c = 6.5, α = 1200, lr 5e-5, updating layers 5-7's ``mlp.down_proj`` (the authors' code,
+as ported in OpenUnlearning's src/trainer/unlearn/rmu.py). ``layer = None`` (the default) maps
+l to the same relative depth in any model: round(7/32 · number of layers), which is 7 for
+Llama-2-7B and for SmolLM2-135M's 30 layers and 0 for a 2-layer test model; a number picks the
+layer outright. c and α are the paper's values: they depend on the scale of the hidden states,
+so a benchmark may set its own (see its ``method_defaults``).
+
+Choices (ours, stated): the forget and retain terms average over answer tokens only (the
+authors' code averages over every position of raw text, where all tokens are "answers";
+OpenUnlearning also masks to answer tokens); the average is over all tokens of the batch, not
+per example first. ``update = "all"`` trains every weight, as OpenUnlearning's RMU config does.
+The forward pass stops after layer l (the later layers cannot affect L), which saves most of
+the compute and changes nothing in the loss or its gradient.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from harness.batching import IGNORE
+from harness.activations import capture_output, decoder_layers, layer_index
+from harness.errors import HarnessError
+from harness.registry import register_method
+from harness.methods.base import NEEDS_REFERENCE_MODEL, NEEDS_RETAIN, UnlearningMethod
+
+PAPER_LAYER, PAPER_LAYERS = 7, 32   # zephyr-7b: layer 7 of 32
+
+
+@dataclass
+class RMUConfig:
+    layer: int | None = None            # decoder layer whose output is steered; None = round(7/32 · n_layers)
+    update_layers: int = 3              # layers l-k+1 .. l are updated (the paper: l-2, l-1, l)
+    update: str = r"mlp\.down_proj\.weight"   # regex on parameter names inside those layers, or "all" (every weight)
+    steering_coeff: float = 6.5         # c: length of the random target vector c·u
+    alpha: float = 1200.0               # weight of the retain term
+
+    def __post_init__(self):
+        if self.update_layers < 1:
+            raise HarnessError(f"rmu.update_layers must be at least 1, got {self.update_layers}.")
+        if self.update != "all":
+            try:
+                re.compile(self.update)
+            except re.error as exc:
+                raise HarnessError(f"rmu.update is not a valid regular expression ({exc}): '{self.update}'.") from None
+
+
+def steered_layer(model, layer: int | None) -> int:
+    """The configured layer, or the paper's relative depth 7/32 of the model's decoder stack."""
+    if layer is None:
+        _, layers = decoder_layers(model)
+        return min(len(layers) - 1, round(PAPER_LAYER / PAPER_LAYERS * len(layers)))
+    return layer_index(model, layer, "rmu.layer")
+
+
+def hidden_at(model, batch, layer: int) -> torch.Tensor:
+    """The output of decoder layer ``layer`` for ``batch`` [B, T, d]; the pass stops there."""
+    _, layers = decoder_layers(model)
+    with capture_output(layers[layer], stop=True) as out:
+        model(**batch.model_inputs())
+    return out.value
+
+
+def masked_mse(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(1/N) Σ_{masked t} (1/d)·||h_t - target_t||² over the N masked positions."""
+    per_token = ((h.float() - target.float()) ** 2).mean(-1)
+    return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
+def answer_positions(batch) -> torch.Tensor:
+    """Positions that hold answer tokens (their own label is set), [B, T]."""
+    return batch.labels != IGNORE
+
+
+@register_method()
+class RMU(UnlearningMethod):
+    name = "rmu"
+    label = "RMU"
+    description = "Steer a layer's hidden states on forget tokens to c*u (random), keep them frozen on retain tokens"
+    paper = "Li et al. 2024, The WMDP Benchmark: Measuring and Reducing Malicious Use With Unlearning (RMU)"
+    Config = RMUConfig
+    needs = frozenset({NEEDS_RETAIN, NEEDS_REFERENCE_MODEL})
+
+    def trainable_parameters(self, model):
+        layer = steered_layer(model, self.config.layer)
+        if self.config.update == "all":
+            return list(model.parameters())
+        _, layers = decoder_layers(model)
+        pattern = re.compile(self.config.update)
+        chosen = [
+            p for i in range(max(0, layer - self.config.update_layers + 1), layer + 1)
+            for name, p in layers[i].named_parameters() if pattern.fullmatch(name)
+        ]
+        if not chosen:
+            names = ", ".join(n for n, _ in layers[layer].named_parameters())
+            raise HarnessError(
+                f"rmu.update '{self.config.update}' matches no parameter of layers up to {layer}; "
+                f"a layer's parameters are: {names}."
+            )
+        return chosen
+
+    def before_training(self, model, ctx) -> None:
+        """Draw u once per run from the run's seeded rng: uniform [0, 1) entries, unit length."""
+        hidden = model.get_input_embeddings().weight.shape[1]
+        generator = torch.Generator().manual_seed(ctx.rng.randrange(2**31))
+        u = torch.rand(hidden, generator=generator)
+        ctx.extras["rmu_control"] = self.config.steering_coeff * u / u.norm()
+        ctx.extras["rmu_layer"] = steered_layer(model, self.config.layer)
+
+    def loss(self, model, batch, ctx):
+        if "rmu_control" not in ctx.extras:
+            with torch.no_grad():
+                self.before_training(model, ctx)
+        layer, control = ctx.extras["rmu_layer"], ctx.extras["rmu_control"]
+        h_forget = hidden_at(model, batch.forget, layer)
+        forget_term = masked_mse(h_forget, control.to(h_forget.device).expand_as(h_forget), answer_positions(batch.forget))
+        h_retain = hidden_at(model, batch.retain, layer)
+        with torch.no_grad():
+            h_frozen = hidden_at(ctx.reference_model, batch.retain, layer)
+        retain_term = masked_mse(h_retain, h_frozen, answer_positions(batch.retain))
+        loss = forget_term + self.config.alpha * retain_term
+        return loss, {"forget_mse": forget_term.item(), "retain_mse": retain_term.item()}
