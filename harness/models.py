@@ -29,6 +29,17 @@ def cache_root() -> Path:
     return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "unlearning-harness"))
 
 
+def portable_path(path: str | os.PathLike) -> str:
+    """A model path as records store it: ``$HARNESS_CACHE/...`` for anything under the cache
+    root, so that a record names no folder of the machine it was made on; other paths as given."""
+    text = str(path)
+    try:
+        inside = Path(text).resolve().relative_to(cache_root().resolve())
+    except (ValueError, OSError):
+        return text
+    return f"$HARNESS_CACHE/{inside.as_posix()}"
+
+
 @dataclass
 class LoadedModel:
     model: torch.nn.Module

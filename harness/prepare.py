@@ -21,7 +21,7 @@ from harness.codeversion import finetune_code
 from harness.errors import HarnessError
 from harness.losses import answer_ce
 from harness.methods.base import UnlearningMethod
-from harness.models import cache_root, load_model
+from harness.models import cache_root, load_model, portable_path
 from harness.results import slug
 from harness.training import TrainConfig, train
 
@@ -59,10 +59,7 @@ def prepare(base: str, benchmark, cfg: TrainConfig, seed: int, device=None, prog
     """Return {"target": folder, "retain": folder}, fine-tuning whichever is not cached yet."""
     folders = {}
     ranks, claims = distributed.current(device), Claims()
-    for role, examples in (
-        ("target", benchmark.forget_train() + (benchmark.retain_train() or [])),
-        ("retain", benchmark.retain_train() or []),
-    ):
+    for role in ("target", "retain"):
         folder = prepared_folder(base, benchmark, cfg, seed, role)
         folders[role] = folder
         # One builder per folder: other processes sharing the cache wait for it (harness/claims.py);
@@ -70,13 +67,15 @@ def prepare(base: str, benchmark, cfg: TrainConfig, seed: int, device=None, prog
         if ranks.broadcast(ranks.is_main and _wait_or_claim(claims, folder, force, log)):
             log(f"prepare: reusing cached {role} model {folder}")
             continue
+        loaded = load_model(base, device)
+        benchmark.use_tokenizer(loaded.tokenizer)   # the base's tokenizer: its prompt format is the key's
+        examples = (benchmark.forget_train() if role == "target" else []) + (benchmark.retain_train() or [])
         if not examples:
             raise HarnessError(
                 f"benchmark '{benchmark.name}' has no data to fine-tune a {role} model on. Pass an existing "
                 f"{role} model instead (--{role} PATH), or supply the benchmark's {role} split."
             )
         log(f"prepare: fine-tuning the {role} model on {len(examples)} examples ({cfg.epochs} epochs, lr {cfg.lr})")
-        loaded = load_model(base, device)
         started = time.perf_counter()
         result = train(loaded.model, loaded.tokenizer, Finetune(), examples, None, cfg, seed, progress, log=log)
         if result.status != "ok":
@@ -89,7 +88,7 @@ def prepare(base: str, benchmark, cfg: TrainConfig, seed: int, device=None, prog
         loaded.model.save_pretrained(tmp, safe_serialization=True)
         loaded.tokenizer.save_pretrained(tmp)
         info = {
-            "role": role, "base": base, "base_source": loaded.source, "benchmark": benchmark.name,
+            "role": role, "base": base, "base_source": portable_path(loaded.source), "benchmark": benchmark.name,
             "data": benchmark.data_info(), "finetune": asdict(cfg), "seed": seed,
             "code": finetune_code(), "examples": len(examples), "steps": result.steps, "final_loss": result.last_finite_loss,
             "seconds": round(time.perf_counter() - started, 1),
