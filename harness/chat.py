@@ -33,6 +33,13 @@ class ChatPrompt:
         return head + [{"role": "user", "content": self.user}]
 
 
+def prompt_text(prompt: "str | ChatPrompt") -> str:
+    """A prompt as plain text, for what only needs its words (lengths, TF-IDF, messages)."""
+    if isinstance(prompt, ChatPrompt):
+        return "\n".join(part for part in (prompt.system, prompt.user) if part)
+    return prompt
+
+
 def has_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 

@@ -88,6 +88,18 @@ def load_model(spec: str, device: torch.device | None = None, trust_remote_code:
     return LoadedModel(*_from_hub(spec, device, dtype, trust_remote_code), spec, f"hub:{spec}")
 
 
+def load_tokenizer(spec: str, trust_remote_code: bool = False):
+    """The tokenizer of a model spec alone (what decides a benchmark's prompt format), without its weights."""
+    from transformers import AutoTokenizer
+
+    if spec == TINY_ALIAS:
+        return byte_level_tokenizer()
+    folder = smollm2_folder() if spec == SMOLLM2_ALIAS else Path(spec).expanduser()
+    if folder.is_dir():
+        return _ensure_pad(AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code))
+    return load_model(spec, torch.device("cpu"), trust_remote_code).tokenizer   # hub ids: the same errors as a load
+
+
 def _from_folder(folder: Path, device, dtype, trust_remote_code: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -117,3 +117,19 @@ def test_auto_picks_chat_only_with_a_chat_template(tiny, fake_tofu):  # noqa: F8
     # Generation requests carry the same prompt; a stop never applies by default.
     assert bench.eval_plan().generations["gen_forget"][0] == GenerationRequest(ChatPrompt("Who is Ann Bo?"), 200)
     assert isinstance(LogprobRequest(ChatPrompt("q"), "a", add_eos=True), LogprobRequest)
+
+
+def test_prepared_models_are_keyed_and_trained_in_the_resolved_format(tiny, fake_tofu):  # noqa: F811
+    from harness.prepare import prepared_key
+    from harness.training import TrainConfig
+
+    _, tok = tiny
+    bench = Tofu(None, fake_tofu)
+    bench.use_tokenizer(tok)
+    plain = prepared_key("m", bench, TrainConfig(), 0)
+    assert bench.forget_train()[0].prompt == "Question: Who is Ann Bo?\nAnswer:"
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    bench.use_tokenizer(tok)
+    assert prepared_key("m", bench, TrainConfig(), 0) != plain   # a model fine-tuned in phi format is not reused
+    example = bench.forget_train()[0]
+    assert example.prompt == ChatPrompt("Who is Ann Bo?") and example.answer == "Ann Bo is a poet."
