@@ -141,5 +141,8 @@ def test_smollm2_tofu_agrees_with_the_reference_per_item(tmp_path):
                 worst[(name, key)] = max(worst.get((name, key), 0.0), diff)
                 assert diff <= TOLERANCE, (name, item["question"], key, row[key], expected[key], row["generation"],
                                            expected["generation"])
+        print(f"{name}: {LIMIT} items agree; largest differences "
+              + ", ".join(f"{k} {worst[(name, k)]:.1e}" for k in ("probability", "truth_ratio", "rouge_l_recall")),
+              flush=True)
     print("largest per-item difference:", {f"{n}/{k}": f"{v:.1e}" for (n, k), v in worst.items()})
     assert record["aggregates"]["model_utility"] > 0
