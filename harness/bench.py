@@ -131,6 +131,7 @@ def time_one_step(method_name: str, model, tokenizer, bench, train_cfg: TrainCon
     try:
         cfg = dataclasses.replace(train_cfg, max_steps=2)
         method = METHODS.get(method_name)(method_cfg)
+        bench.use_tokenizer(tokenizer)
         result = train(work, tokenizer, method, bench.forget_train(), bench.retain_train(), cfg, seed)
     finally:
         hook.remove()
