@@ -23,6 +23,21 @@ class Scores:
     per_sample: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     reference_values: dict[str, Any] = field(default_factory=dict)   # what this model offers as a reference
     missing: dict[str, str] = field(default_factory=dict)            # metric -> why it could not be computed
+    warnings: list[str] = field(default_factory=list)                # e.g. degenerate (mostly empty) generations
+    deviations: list[str] = field(default_factory=list)              # non-default scoring settings, footnoted
+
+
+def degenerate_generations(name: str, texts: list[str]) -> list[str]:
+    """A warning when more than half of a split's generations are empty after post-processing.
+
+    An empty answer is almost always a prompt or stop-string problem (e.g. a model that starts
+    its answer with a newline under a newline stop), not forgetting.
+    """
+    empty = sum(1 for t in texts if not t.strip())
+    if texts and empty * 2 > len(texts):
+        return [f"{empty} of {len(texts)} '{name}' generations are empty: check the prompt format and stop strings "
+                "before reading these scores as forgetting."]
+    return []
 
 
 @dataclass
@@ -45,6 +60,16 @@ class Benchmark:
         self.config = config if config is not None else self.Config()
         self.data_dir = data_dir
         self.limit = limit
+
+    def use_tokenizer(self, tokenizer) -> None:
+        """Settle choices that depend on the model's tokenizer (TOFU's ``prompt_format=auto``).
+
+        Called with the model's tokenizer before ``forget_train``/``retain_train``/``eval_plan``.
+        """
+
+    def resolved_settings(self) -> dict[str, Any]:
+        """Settings as resolved for the last tokenizer (recorded with each evaluation)."""
+        return {}
 
     def data_info(self) -> dict[str, Any]:
         """Where the data came from, its fingerprint, and any declared stand-in split."""

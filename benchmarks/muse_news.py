@@ -73,10 +73,16 @@ retrain AUC, as MUSE's code does). A prepared target never saw ``raw/retain2``, 
 background knowledge, not retained fine-tuning knowledge.
 
 Scale: privleak texts are about 2048 Llama tokens and verbmem prompts about 1024; nothing is
-cut by words before tokenisation. The engine truncates log-prob requests at ``eval.max_length``
-(2048 by default: the verbmem prompt plus ``gt`` fit; MUSE scores whole privleak texts, so with a
-tokenizer that needs more tokens than Llama-2 raise it to score them whole); generation prompts
-are not truncated. On a
+cut by words before tokenisation. PrivLeak texts are scored whole, as MUSE scores them (its
+``metrics/privleak.py`` never truncates): up to the model's context length, with a warning for a
+text longer than that; the verbmem ES request is cut at ``eval.max_length`` (2048 by default:
+the verbmem prompt plus ``gt`` fit); generation prompts are not truncated.
+
+Scored texts carry no EOS (MUSE tokenises them with ``tokenizer.encode``: BOS, no EOS), and
+generations are decoded with ``clean_up_tokenization_spaces=True`` as MUSE's
+``metrics/verbmem.py`` and ``metrics/knowmem.py`` do (``clean_up_spaces``, on by default; it
+joins a space before punctuation such as `` ,`` or `` n't``). KnowMem generations that are
+mostly empty after the stop cut raise a warning in the record. On a
 CPU, use ``--limit`` (it keeps the first N items of every split and the first N articles of each
 corpus; the 10 ICL pairs are always kept). The generation budgets ``verbmem_tokens`` and
 ``knowmem_tokens`` can be lowered for smoke tests only.
@@ -92,7 +98,7 @@ from statistics import fmean
 from typing import Any, Iterable, Sequence
 
 from harness.batching import Example
-from harness.benchmarks.base import Benchmark, Scores
+from harness.benchmarks.base import Benchmark, Scores, degenerate_generations
 from harness.datafiles import as_texts, read_records, read_texts, require_fields
 from harness.engine import GenerationRequest, LogprobRequest
 from harness.errors import HarnessError
@@ -121,8 +127,9 @@ RETAIN_SOURCES = ("auto", "retain1", "sust", "none")
 PRIVLEAK_REFERENCES = ("evaluated", "published")
 
 # Published MUSE-News results for Llama-2-7B (x100; PrivLeak in %), for reference rows (issue 6).
-# Source: the MUSE authors' archived outputs, as collected in /work/shared/docs/reference.md
-# section 5 (Shi et al. 2024, "MUSE: Machine Unlearning Six-Way Evaluation for Language Models").
+# Source: the MUSE authors' archived per-sample outputs (github.com/swj0419/muse_bench), re-scored
+# (Shi et al. 2024, "MUSE: Machine Unlearning Six-Way Evaluation for Language Models"); the Task
+# Vector and NPO_KLR cells may differ from the printed paper.
 PUBLISHED_LLAMA2_7B: dict[str, dict[str, float]] = {
     "Target": {"verbmem_f": 58.4, "knowmem_f": 63.9, "knowmem_r": 55.2, "privleak": -99.8},
     "Retrain": {"verbmem_f": 20.8, "knowmem_f": 33.1, "knowmem_r": 55.0, "privleak": 0.0},
@@ -187,6 +194,7 @@ class MuseNewsConfig:
     min_k: float = 0.4                  # Min-K% fraction; MUSE's PrivLeak key is forget_holdout_Min-40%
     privleak_reference: str = "evaluated"   # evaluated (retain model's AUC, else published) | published
     extraction_strength: bool = True    # teacher-forced ES on the verbmem gt (one extra log-prob pass)
+    clean_up_spaces: bool = True        # decode with clean_up_tokenization_spaces=True, as MUSE does
 
     def __post_init__(self):
         def bad(key, value, allowed):
@@ -398,19 +406,23 @@ class MuseNews(Benchmark):
     def eval_plan(self) -> EvalPlan:
         c = self.config
         plan = EvalPlan()
-        plan.generations["verbmem_f"] = [GenerationRequest(r["prompt"], c.verbmem_tokens) for r in self.verbmem]
+        clean = c.clean_up_spaces
+        plan.generations["verbmem_f"] = [GenerationRequest(r["prompt"], c.verbmem_tokens, clean_up_spaces=clean)
+                                         for r in self.verbmem]
         plan.generations["knowmem_f"] = [
-            GenerationRequest(knowmem_prompt(self.forget_icl, r["question"]), c.knowmem_tokens, KNOWMEM_STOPS)
+            GenerationRequest(knowmem_prompt(self.forget_icl, r["question"]), c.knowmem_tokens, KNOWMEM_STOPS, clean)
             for r in self.forget_qa
         ]
         plan.generations["knowmem_r"] = [
-            GenerationRequest(knowmem_prompt(self.retain_icl, r["question"]), c.knowmem_tokens, KNOWMEM_STOPS)
+            GenerationRequest(knowmem_prompt(self.retain_icl, r["question"]), c.knowmem_tokens, KNOWMEM_STOPS, clean)
             for r in self.retain_qa
         ]
+        # No EOS on any scored text: MUSE's metrics/privleak.py scores tokenizer.encode(text) (BOS, no EOS).
         if c.extraction_strength:
             plan.logprobs["verbmem_gt"] = [LogprobRequest(r["prompt"], r["gt"]) for r in self.verbmem]
-        plan.logprobs["privleak_forget"] = [LogprobRequest("", t) for t in self.privleak_forget]
-        plan.logprobs["privleak_holdout"] = [LogprobRequest("", t) for t in self.privleak_holdout]
+        # PrivLeak texts whole, as MUSE scores them: up to the model's context, not eval.max_length.
+        plan.logprobs["privleak_forget"] = [LogprobRequest("", t, full_context=True) for t in self.privleak_forget]
+        plan.logprobs["privleak_holdout"] = [LogprobRequest("", t, full_context=True) for t in self.privleak_holdout]
         attacks = ("privleak_min_k", "auc_loss", "auc_zlib", "auc_mink_pp")
         plan.readers = {"verbmem_gt": ("es_f",), "privleak_forget": attacks, "privleak_holdout": attacks}
         return plan
@@ -426,6 +438,7 @@ class MuseNews(Benchmark):
             for i, (r, gen) in enumerate(zip(self.verbmem, g["verbmem_f"]))
         ]
         per["verbmem_f"] = rows
+        scores.warnings += degenerate_generations("verbmem_f", [x["generation"] for x in rows])
         if rows:
             agg["verbmem_f"] = 100 * fmean(x["rouge_l_f1"] for x in rows)
 
@@ -437,6 +450,7 @@ class MuseNews(Benchmark):
                 rows.append({"index": i, "question": r["question"], "reference": str(r["answer"]),
                              "generation": answer, "rouge_l_f1": rouge_l_f1(answer, str(r["answer"]))})
             per[key] = rows
+            scores.warnings += degenerate_generations(key, [x["generation"] for x in rows])
             if rows:
                 agg[key] = 100 * fmean(x["rouge_l_f1"] for x in rows)
 

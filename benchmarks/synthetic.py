@@ -12,6 +12,14 @@ targets the forget people. Metrics, each with its published definition (referenc
 - privacy: Min-K% Prob (k = 0.4) scores of forget texts (members) and holdout texts
   (never trained on), AUC in MUSE's convention, and PrivLeak against the retain model's AUC;
 - utility: the same knowledge metrics on retain people, and their harmonic mean.
+
+Scoring conventions (decided per part, after the benchmark each part follows): scored QA
+answers (probability, truth ratio, ES) carry the tokenizer's EOS, as TOFU's data code and
+OpenUnlearning score them and as training appends it; the MIA texts are scored as plain texts
+without EOS, as MUSE's PrivLeak scores ``tokenizer.encode(text)``. Generated answers are
+stripped of surrounding whitespace; their stops (a newline, ``"Question:"``) are part of this
+benchmark's own definition (its target models answer on one line after ``"Answer: "``), and a
+split whose generations are mostly empty is flagged in the record.
 """
 from __future__ import annotations
 
@@ -19,7 +27,7 @@ from dataclasses import asdict, dataclass
 from statistics import fmean
 
 from harness.batching import Example
-from harness.benchmarks.base import Benchmark, Scores
+from harness.benchmarks.base import Benchmark, Scores, degenerate_generations
 from harness.benchmarks.synthetic_data import generate, splits_fingerprint
 from harness.engine import GenerationRequest, LogprobRequest
 from harness.errors import HarnessError
@@ -148,11 +156,10 @@ class Synthetic(Benchmark):
             GenerationRequest(self._split_bio(b.text)[0], c.continuation_tokens, ("\n",)) for b in self.forget_bio
         ]
         for split, qa in (("forget", self.forget_qa), ("retain", self.utility_qa)):
-            plan.logprobs[f"answer_{split}"] = [LogprobRequest(qa_prompt(q.question), " " + q.answer) for q in qa]
-            plan.logprobs[f"para_{split}"] = [LogprobRequest(qa_prompt(q.question), " " + q.paraphrased_answer) for q in qa]
-            plan.logprobs[f"pert_{split}"] = [
-                LogprobRequest(qa_prompt(q.question), " " + p) for q in qa for p in q.perturbed_answers
-            ]
+            scored = lambda q, text: LogprobRequest(qa_prompt(q.question), " " + text, add_eos=True)  # noqa: E731
+            plan.logprobs[f"answer_{split}"] = [scored(q, q.answer) for q in qa]
+            plan.logprobs[f"para_{split}"] = [scored(q, q.paraphrased_answer) for q in qa]
+            plan.logprobs[f"pert_{split}"] = [scored(q, p) for q in qa for p in q.perturbed_answers]
         plan.logprobs["mia_forget"] = [LogprobRequest("", t) for t in self._mia_texts(self.forget_qa, self.forget_bio)]
         plan.logprobs["mia_holdout"] = [LogprobRequest("", t) for t in self._mia_texts(self.holdout_qa, self.holdout_bio)]
         plan.readers = {f"answer_{s}": ("probability", "extraction_strength") for s in ("forget", "retain")}
@@ -179,8 +186,10 @@ class Synthetic(Benchmark):
         for split, qa, tag in (("forget", self.forget_qa, "f"), ("retain", self.utility_qa, "r")):
             m = len(qa[0].perturbed_answers) if qa else 0
             rows = []
+            answers = [text.strip() for text in g[f"qa_{split}"]]
+            scores.warnings += degenerate_generations(f"qa_{split}", answers)
             for i, q in enumerate(qa):
-                gen = g[f"qa_{split}"][i]
+                gen = answers[i]
                 ans = lp[f"answer_{split}"][i]
                 perturbed = [lp[f"pert_{split}"][i * m + j].logprobs for j in range(m)]
                 rows.append({

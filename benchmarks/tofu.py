@@ -26,27 +26,40 @@ Metrics (per evaluation set; ``f`` forget, ``r`` retain, ``ra`` real authors, ``
   retain model's (``reference["forget_truth_ratios"]``), or those of a stored TOFU eval log
   (``benchmark.reference_log``); when neither exists it is listed in ``Scores.missing``;
 - ``es_f`` / ``em_f``: extraction strength and exact memorisation of the forget answers
-  (teacher-forced, OpenUnlearning definitions);
+  (teacher-forced, OpenUnlearning definitions; where no suffix of the answer is greedily
+  matched, ES is 0 as in the published definition, where OpenUnlearning's loop gives 1/L);
 - MIA / PrivLeak: NOT computed: TOFU's holdout splits are not in the local copy (see
   ``PRIVLEAK_MISSING``), which every score says in ``Scores.missing["privleak"]``.
 
 Settings (``--set benchmark.<name>=...``)
 -----------------------------------------
 - ``split``: forget01 | forget05 | forget10 (default forget01).
-- ``prompt_format``: ``auto`` (default) | ``phi`` | ``llama2``. ``phi`` is TOFU's phi-1.5 format
-  ``"Question: q\\nAnswer:"`` + ``" a"``; ``llama2`` is ``"[INST] q [/INST]"`` + ``" a"``.
-  TOFU uses the tokenizer's chat template for instruct models, but an adapter builds its plan
-  without a tokenizer, so ``auto`` means the plain phi-style format here (our target and retain
-  models are fine-tuned on the same format, so it is consistent). Answers always start with a
-  space (the harness convention); TOFU's Llama-2 format joins ``[/INST]`` and the answer
-  without one.
+- ``prompt_format``: ``auto`` (default) | ``chat`` | ``phi`` | ``llama2``. ``phi`` is TOFU's
+  phi-1.5 format ``"Question: q\\nAnswer:"`` + ``" a"``; ``llama2`` is ``"[INST] q [/INST]"`` +
+  ``" a"``; ``chat`` renders the question with the tokenizer's chat template, exactly as
+  OpenUnlearning does for its instruct checkpoints (``apply_chat_template: true``; see
+  ``harness/chat.py``): ``system_prompt`` as the system message (OpenUnlearning's Llama-3
+  configs: ``"You are a helpful assistant."``; empty = none, the template's own default),
+  ``date_string`` passed to the template (theirs: ``"10 Apr 2025"``), the answer as the
+  assistant turn, and every token after the generation prompt scored. ``auto`` picks ``chat``
+  when the model's tokenizer has a chat template, otherwise ``phi``; the record says which
+  (``resolved_settings``), and target/retain models are fine-tuned in the same format. In the
+  plain formats answers start with a space (the harness convention); TOFU's Llama-2 format
+  joins ``[/INST]`` and the answer without one.
+- ``system_prompt`` / ``date_string``: the chat format's settings (above).
 - ``answer_tokens``: greedy budget, 200 new tokens as in TOFU (TOFU's ``max_length=200`` counted
   the prompt as well; we give 200 new tokens).
-- ``stop_at_newline``: True (default) cuts each generation at the first newline (and at
-  ``"Question:"`` / ``"[INST]"``, the start of a next turn). TOFU answers are single lines (one
-  of 4000 has a stray ``"\\n\\nAdditional 10 question-answer pairs:"``), so this saves most of
-  the 200-token budget; ROUGE-L *recall* can only drop by what the model says after a newline.
-  False reproduces TOFU exactly: no stop strings, EOS or the budget ends a generation.
+- ``stop_at_newline``: False (default) is TOFU's and OpenUnlearning's procedure: no stop
+  strings, EOS or the budget ends a generation, special tokens are skipped and the decoded
+  answer is stripped of surrounding whitespace. True is an opt-in shortcut that stops each
+  generation at its first newline (and at ``"Question:"`` / ``"[INST]"``), saving most of the
+  budget; it changes scores (a model that starts its answer with a newline answers nothing:
+  SmolLM2 after ``"Answer:"`` does), so every row scored with it is footnoted on the leaderboard.
+
+Scored continuations (Prob, truth ratio, ES, EM) carry the tokenizer's EOS token after the
+answer, counted in the log-prob and the token count: TOFU's data code (``convert_raw_data_to_model_format``
+adds ``tokenizer.eos_token`` to every answer) and OpenUnlearning's ``preprocess_chat_instance``
+both do, and training appends it too.
 - ``max_items``: evaluate only the first N items of each evaluation set (0 = all; training data
   is never cut by it). ``legacy_first_300``: the legacy TOFU code (and its stored logs,
   ``ds_size300``) scored only the first 300 items of each set; True caps every set at 300.
@@ -70,7 +83,8 @@ from statistics import fmean
 from typing import Any
 
 from harness.batching import Example
-from harness.benchmarks.base import Benchmark, Scores
+from harness.chat import ChatPrompt, has_chat_template
+from harness.benchmarks.base import Benchmark, Scores, degenerate_generations
 from harness.datafiles import read_records, require_fields
 from harness.engine import GenerationRequest, LogprobRequest
 from harness.errors import HarnessError
@@ -90,7 +104,7 @@ from harness.scoring.text import rouge_l_recall
 
 HUB_ID = "locuslab/TOFU"
 RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
-PROMPT_FORMATS = ("auto", "phi", "llama2")
+PROMPT_FORMATS = ("auto", "chat", "phi", "llama2")
 LEGACY_ITEMS = 300
 # Evaluation sets: name -> (file, short tag used in aggregate keys).
 EVAL_SETS = {
@@ -128,9 +142,11 @@ LOG_FIELDS = ("generated_text", "rougeL_recall", "avg_gt_loss", "avg_paraphrased
 @dataclass
 class TofuConfig:
     split: str = "forget01"           # forget01 | forget05 | forget10 (retain99 / retain95 / retain90)
-    prompt_format: str = "auto"       # auto (= phi-style) | phi | llama2; see the module docstring
+    prompt_format: str = "auto"       # auto (chat with a chat template, else phi) | chat | phi | llama2
+    system_prompt: str = ""           # chat format: the system message ("" = none)
+    date_string: str = ""             # chat format: passed to templates that print a date ("" = default)
     answer_tokens: int = 200          # greedy budget (TOFU: 200)
-    stop_at_newline: bool = True      # cut generations at a newline / next turn; False = exact TOFU
+    stop_at_newline: bool = False     # opt-in shortcut: cut generations at a newline; False = TOFU
     max_items: int = 0                # evaluate the first N items of each evaluation set (0 = all)
     legacy_first_300: bool = False    # the legacy TOFU code scored only the first 300 items
     reference_log: str = ""           # a stored TOFU retain-model eval log for forget quality
@@ -145,17 +161,29 @@ class TofuItem:
     perturbed: tuple[str, ...]
 
 
-def format_prompt(question: str, style: str) -> str:
-    """The prompt of one question; the answer follows as ``" " + answer``."""
+def format_prompt(question: str, style: str, system: str = "", date_string: str = "") -> str | ChatPrompt:
+    """The prompt of one question; the answer follows as ``answer_text(answer, style)``."""
+    if style == "chat":
+        return ChatPrompt(question, system, date_string)
     if style == "llama2":
         return f"[INST] {question} [/INST]"
-    return f"Question: {question}\nAnswer:"  # phi, and auto (see the module docstring)
+    return f"Question: {question}\nAnswer:"  # phi
+
+
+def answer_text(answer: str, style: str) -> str:
+    """The scored answer: the assistant turn's content in the chat format, else after a space."""
+    return answer if style == "chat" else " " + answer
 
 
 def answer_stops(style: str, stop_at_newline: bool) -> tuple[str, ...]:
     if not stop_at_newline:
         return ()
-    return ("\n", "[INST]") if style == "llama2" else ("\n", "Question:")
+    return {"llama2": ("\n", "[INST]"), "chat": ("\n",)}.get(style, ("\n", "Question:"))
+
+
+def post_process(generation: str) -> str:
+    """TOFU's decoded answer (special tokens already skipped): stripped of surrounding whitespace."""
+    return generation.strip()
 
 
 @register_benchmark()
@@ -204,11 +232,6 @@ class Tofu(Benchmark):
     def __init__(self, config=None, data_dir=None, limit=None):
         super().__init__(config, data_dir, limit)
         c = self.config
-        if c.prompt_format == "chat":
-            raise HarnessError(
-                "benchmark 'tofu': prompt_format 'chat' is not available: an adapter builds its prompts without "
-                "the tokenizer, so it cannot apply a chat template. Use 'auto' (= phi-style), 'phi' or 'llama2'."
-            )
         if c.split not in RETAIN_OF:
             raise HarnessError(f"benchmark 'tofu': split must be one of {', '.join(RETAIN_OF)}, got '{c.split}'.")
         if c.prompt_format not in PROMPT_FORMATS:
@@ -222,7 +245,7 @@ class Tofu(Benchmark):
                 f"benchmark 'tofu': data directory '{data_dir}' does not exist; pass the folder that holds the "
                 "TOFU files (forget01.json, retain99.json, forget01_perturbed.json, ...)."
             )
-        self.style = "phi" if c.prompt_format == "auto" else c.prompt_format
+        self.style = "phi" if c.prompt_format == "auto" else c.prompt_format   # until use_tokenizer
         self._digest = hashlib.sha256()
         self._files: list[str] = []
 
@@ -294,12 +317,26 @@ class Tofu(Benchmark):
                       **{name: len(items) for name, items in self.eval_sets.items()}},
         }
 
+    def use_tokenizer(self, tokenizer) -> None:
+        """``auto``: the chat format when the tokenizer has a chat template, else phi."""
+        if self.config.prompt_format == "auto":
+            self.style = "chat" if has_chat_template(tokenizer) else "phi"
+
+    def resolved_settings(self) -> dict[str, Any]:
+        return {"prompt_format": self.style}
+
+    def _prompt(self, question: str) -> str | ChatPrompt:
+        return format_prompt(question, self.style, self.config.system_prompt, self.config.date_string)
+
+    def _answer(self, text: str) -> str:
+        return answer_text(text, self.style)
+
     # --- training data ---------------------------------------------------------------------
     def _example(self, item: TofuItem) -> Example:
         return Example(
-            format_prompt(item.question, self.style), " " + item.answer, item.id,
-            perturbed=tuple(" " + p for p in item.perturbed),
-            paraphrased=" " + item.paraphrased if item.paraphrased else "",
+            self._prompt(item.question), self._answer(item.answer), item.id,
+            perturbed=tuple(self._answer(p) for p in item.perturbed),
+            paraphrased=self._answer(item.paraphrased) if item.paraphrased else "",
         )
 
     def forget_train(self) -> list[Example]:
@@ -314,14 +351,13 @@ class Tofu(Benchmark):
         stops = answer_stops(self.style, c.stop_at_newline)
         plan = EvalPlan()
         for name, items in self.eval_sets.items():
-            prompts = [format_prompt(q.question, self.style) for q in items]
+            prompts = [self._prompt(q.question) for q in items]
             plan.generations[f"gen_{name}"] = [GenerationRequest(p, c.answer_tokens, stops) for p in prompts]
-            plan.logprobs[f"answer_{name}"] = [LogprobRequest(p, " " + q.answer) for p, q in zip(prompts, items)]
+            scored = lambda p, text: LogprobRequest(p, self._answer(text), add_eos=True)  # noqa: E731
+            plan.logprobs[f"answer_{name}"] = [scored(p, q.answer) for p, q in zip(prompts, items)]
             if name in ("forget", "retain"):
-                plan.logprobs[f"para_{name}"] = [LogprobRequest(p, " " + q.paraphrased) for p, q in zip(prompts, items)]
-            plan.logprobs[f"pert_{name}"] = [
-                LogprobRequest(p, " " + a) for p, q in zip(prompts, items) for a in q.perturbed
-            ]
+                plan.logprobs[f"para_{name}"] = [scored(p, q.paraphrased) for p, q in zip(prompts, items)]
+            plan.logprobs[f"pert_{name}"] = [scored(p, a) for p, q in zip(prompts, items) for a in q.perturbed]
             plan.readers[f"answer_{name}"] = (
                 ("probability", "extraction_strength", "exact_memorization") if name == "forget"
                 else ("probability",) if name == "retain" else ("probability", "truth_ratio")
@@ -331,14 +367,20 @@ class Tofu(Benchmark):
 
     def score(self, outputs: PlanOutputs, reference: dict[str, Any] | None) -> Scores:
         g, lp, scores = outputs.generations, outputs.logprobs, Scores()
+        stops = answer_stops(self.style, self.config.stop_at_newline)
+        if stops:
+            scores.deviations.append(
+                "generations cut at a newline (benchmark.stop_at_newline=true); TOFU uses no stop strings")
         for name, items in self.eval_sets.items():
+            answers = [post_process(text) for text in g[f"gen_{name}"]]
+            scores.warnings += degenerate_generations(name, answers)
             rows, offset = [], 0
             for i, q in enumerate(items):
                 answer = lp[f"answer_{name}"][i]
                 perturbed = [s.logprobs for s in lp[f"pert_{name}"][offset : offset + len(q.perturbed)]]
                 offset += len(q.perturbed)
                 base = lp[f"para_{name}"][i].logprobs if name in ("forget", "retain") else answer.logprobs
-                row = item_scores(name, g[f"gen_{name}"][i], q.answer, answer.logprobs, base, perturbed)
+                row = item_scores(name, answers[i], q.answer, answer.logprobs, base, perturbed)
                 row = {"id": q.id, "question": q.question, **row}
                 if name == "forget":
                     row["extraction_strength"] = extraction_strength(answer.greedy_match)

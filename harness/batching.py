@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from harness.chat import ChatPrompt, chat_encode, chat_prompt_ids
+
 IGNORE = -100
 
 
@@ -16,7 +18,7 @@ IGNORE = -100
 class Example:
     """One training or scoring item: the loss and the scores cover the answer tokens only."""
 
-    prompt: str
+    prompt: str | ChatPrompt          # a ChatPrompt is rendered by the tokenizer's chat template
     answer: str
     id: str = ""
     perturbed: tuple[str, ...] = ()   # wrong answers to the same prompt, where the benchmark has them
@@ -36,16 +38,32 @@ class TokenBatch:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
 
 
-def encode(tokenizer, prompt: str, answer: str, max_length: int, add_eos: bool) -> tuple[list[int], list[int]]:
-    """Token ids and labels of prompt + answer; truncated from the right to max_length."""
-    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"] if prompt else []
-    if not prompt_ids and tokenizer.bos_token_id is not None:
-        prompt_ids = [tokenizer.bos_token_id]  # give the first answer token something to condition on
+def prompt_ids(tokenizer, prompt: str | ChatPrompt) -> list[int]:
+    """The tokens a prompt conditions on (BOS alone for an empty plain prompt, where the tokenizer has one)."""
+    if isinstance(prompt, ChatPrompt):
+        return chat_prompt_ids(tokenizer, prompt)
+    ids = tokenizer(prompt, add_special_tokens=True)["input_ids"] if prompt else []
+    if not ids and tokenizer.bos_token_id is not None:
+        ids = [tokenizer.bos_token_id]  # give the first answer token something to condition on
+    return ids
+
+
+def encode(tokenizer, prompt: str | ChatPrompt, answer: str, max_length: int, add_eos: bool) -> tuple[list[int], list[int]]:
+    """Token ids and labels of prompt + answer; truncated from the right to max_length.
+
+    ``add_eos`` appends the tokenizer's EOS to the answer and scores it, as TOFU's data code
+    and training do; a chat prompt scores everything after its generation prompt (see chat.py).
+    """
+    if isinstance(prompt, ChatPrompt):
+        ids, n = chat_encode(tokenizer, prompt, answer, add_eos)
+        labels = [IGNORE] * n + ids[n:]
+        return ids[:max_length], labels[:max_length]
+    head = prompt_ids(tokenizer, prompt)
     answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
     if add_eos and tokenizer.eos_token_id is not None:
         answer_ids = answer_ids + [tokenizer.eos_token_id]
-    ids = (prompt_ids + answer_ids)[:max_length]
-    labels = ([IGNORE] * len(prompt_ids) + answer_ids)[:max_length]
+    ids = (head + answer_ids)[:max_length]
+    labels = ([IGNORE] * len(head) + answer_ids)[:max_length]
     return ids, labels
 
 

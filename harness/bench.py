@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from harness.batching import encode
 from harness.engine import HFEngine
 from harness.evaluation import EvalPlan, PlanOutputs, run_plan
 from harness.registry import METHODS
@@ -70,8 +71,7 @@ def plan_tokens(tokenizer, plan: EvalPlan, outputs: PlanOutputs) -> dict[str, in
         for text in dict(zip(plan.generations[name], texts)).values()
     )
     scored = sum(
-        len(tokenizer(r.prompt, add_special_tokens=True)["input_ids"]) + len(tokenizer(r.continuation, add_special_tokens=False)["input_ids"])
-        for r in _unique(plan.logprobs)
+        len(encode(tokenizer, r.prompt, r.continuation, 10**9, r.add_eos)[0]) for r in _unique(plan.logprobs)
     )
     return {"generated": generated, "scored": scored}
 
@@ -131,6 +131,7 @@ def time_one_step(method_name: str, model, tokenizer, bench, train_cfg: TrainCon
     try:
         cfg = dataclasses.replace(train_cfg, max_steps=2)
         method = METHODS.get(method_name)(method_cfg)
+        bench.use_tokenizer(tokenizer)
         result = train(work, tokenizer, method, bench.forget_train(), bench.retain_train(), cfg, seed)
     finally:
         hook.remove()
@@ -144,6 +145,7 @@ def time_one_step(method_name: str, model, tokenizer, bench, train_cfg: TrainCon
 
 def evaluate_both(bench, model, tokenizer, batch_size: int, max_length: int):
     """The shared and the naive evaluation of one model, after a small warm-up."""
+    bench.use_tokenizer(tokenizer)
     plan = bench.eval_plan()
     warm = EvalPlan(  # the first generate/forward call pays one-off set-up costs: keep them out of both
         generations={k: v[:2] for k, v in list(plan.generations.items())[:1]},

@@ -11,30 +11,47 @@ from __future__ import annotations
 
 import copy
 import itertools
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from transformers import StoppingCriteria
 
-from harness.batching import IGNORE, encode
+from harness.batching import IGNORE, encode, prompt_ids
+from harness.chat import ChatPrompt
 from harness.errors import HarnessError
 from harness.scoring.text import truncate_at_stop
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    prompt: str
+    """Greedy generation; a ``ChatPrompt`` is rendered by the tokenizer's chat template.
+
+    ``clean_up_spaces`` decodes with ``clean_up_tokenization_spaces=True`` (MUSE's decoding);
+    special tokens are always skipped.
+    """
+
+    prompt: str | ChatPrompt
     max_new_tokens: int
     stop: tuple[str, ...] = ()
+    clean_up_spaces: bool = False
 
 
 @dataclass(frozen=True)
 class LogprobRequest:
-    """Score ``continuation`` given ``prompt`` (an empty prompt scores the whole text)."""
+    """Score ``continuation`` given ``prompt`` (an empty prompt scores the whole text).
 
-    prompt: str
+    ``add_eos`` appends the tokenizer's EOS to the continuation and scores it (TOFU's
+    convention). ``full_context`` scores the text up to the model's context length instead of
+    ``eval.max_length`` (MUSE never truncates its PrivLeak texts); a longer text is cut there
+    with a warning.
+    """
+
+    prompt: str | ChatPrompt
     continuation: str
+    add_eos: bool = False
+    full_context: bool = False
 
 
 @dataclass
@@ -194,11 +211,11 @@ class HFEngine:
     @torch.inference_mode()
     def generate(self, requests: list[GenerationRequest], progress=None) -> list[str]:
         tok = self.tokenizer
-        encoded = [tok(r.prompt, add_special_tokens=True)["input_ids"] or [tok.bos_token_id] for r in requests]
+        encoded = [prompt_ids(tok, r.prompt) for r in requests]
         clusters = _prefix_clusters(encoded) if self.share_prompts else [-1] * len(encoded)
         # Batch only requests with the same settings and shared-prefix cluster; inside, similar lengths.
         by_length = (lambda i: len(encoded[i])) if self.sort_by_length else (lambda i: 0)  # noqa: E731
-        setting = lambda i: (requests[i].max_new_tokens, requests[i].stop, clusters[i])  # noqa: E731
+        setting = lambda i: (requests[i].max_new_tokens, requests[i].stop, requests[i].clean_up_spaces, clusters[i])  # noqa: E731
         order = sorted(range(len(requests)), key=lambda i: (*setting(i), by_length(i)))
         prefix_caches: dict[tuple, object] = {}
 
@@ -259,7 +276,8 @@ class HFEngine:
             stopping_criteria=[StopOnStrings(tok, head.stop, n + width)] if head.stop else None,
             **extra,
         )
-        texts = tok.batch_decode(generated[:, n + width :], skip_special_tokens=True)
+        texts = tok.batch_decode(generated[:, n + width :], skip_special_tokens=True,
+                                 clean_up_tokenization_spaces=head.clean_up_spaces)
         return [truncate_at_stop(t, head.stop) if head.stop else t for t in texts]
 
     def _in_batches(self, order: list[int], next_group, work, progress, desc: str) -> dict:
@@ -304,7 +322,8 @@ class HFEngine:
 
     @torch.inference_mode()
     def logprobs(self, requests: list[LogprobRequest], progress=None) -> list[TokenScores]:
-        encoded = [encode(self.tokenizer, r.prompt, r.continuation, self.max_length, add_eos=False) for r in requests]
+        encoded = [encode(self.tokenizer, r.prompt, r.continuation, self._limit(r), r.add_eos) for r in requests]
+        self._warn_cut(requests, encoded)
         shared, alone = _prompt_groups(requests, encoded, self.max_length) if self.share_prompts else ({}, list(range(len(requests))))
         results: list = [None] * len(requests)
         if alone:
@@ -316,6 +335,21 @@ class HFEngine:
         if shared:
             self._score_shared(shared, encoded, results, progress)
         return results
+
+    def model_context(self) -> int | None:
+        """The model's context length (``max_position_embeddings``), where its config says it."""
+        return getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+
+    def _limit(self, request: LogprobRequest) -> int:
+        return (self.model_context() or self.max_length) if request.full_context else self.max_length
+
+    def _warn_cut(self, requests: list[LogprobRequest], encoded) -> None:
+        """Say when a text that should be scored whole was cut at the model's context length."""
+        cut = [i for i, r in enumerate(requests) if r.full_context and len(encoded[i][0]) >= self._limit(r)
+               and len(encode(self.tokenizer, r.prompt, r.continuation, 10**9, r.add_eos)[0]) > self._limit(r)]
+        if cut:
+            warnings.warn(f"{len(cut)} text(s) are longer than the model's context of {self._limit(requests[cut[0]])} "
+                          "tokens and were scored only up to it.", stacklevel=3)
 
     def _score_shared(self, shared: dict[tuple, list[int]], encoded, results: list, progress) -> None:
         """Batches of whole prompt groups (a group larger than a batch is split), by length."""

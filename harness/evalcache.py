@@ -7,6 +7,11 @@ engine's source code (``codeversion.engine_code``), so a hit means the same weig
 request under the same engine code and settings; log-probs are
 stored as the float32 values the engine produced, so a cached answer equals a fresh one bit
 for bit. One SQLite file under ``$HARNESS_CACHE`` (``--no-eval-cache`` turns it off).
+
+The key also holds ``SCORING_CONVENTION``, the declared version of how the engine turns a
+request into tokens and back (what is scored, how generations are decoded): an output stored
+under an older convention would otherwise be served after the convention changed. Bump it
+whenever a change moves any engine output for an unchanged request.
 """
 from __future__ import annotations
 
@@ -21,6 +26,11 @@ import numpy as np
 from harness.codeversion import engine_code
 from harness.engine import GenerationRequest, LogprobRequest, TokenScores
 from harness.models import fingerprint
+
+# History: 1 = answers scored without EOS, plain prompts only; 2 = request-level EOS
+# (LogprobRequest.add_eos), chat-template prompts, decoding with clean_up_spaces, full-context
+# texts.
+SCORING_CONVENTION = 2
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS outputs (
     model TEXT NOT NULL, request TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (model, request))"""
@@ -38,9 +48,11 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()[:16]
 
 
-def model_key(model, tokenizer, engine_settings: dict) -> str:
-    """What an output depends on besides the request: weights, tokenizer and engine settings."""
-    settings = json.dumps({**engine_settings, "engine_code": engine_code()}, sort_keys=True)
+def model_key(model, tokenizer, engine_settings: dict, convention: int = SCORING_CONVENTION) -> str:
+    """What an output depends on besides the request: weights, tokenizer, engine code and
+    settings, and the scoring convention."""
+    settings = json.dumps({**engine_settings, "engine_code": engine_code(), "scoring_convention": convention},
+                          sort_keys=True)
     return f"{fingerprint(model)}:{tokenizer_fingerprint(tokenizer)}:{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
 
 

@@ -29,6 +29,17 @@ def cache_root() -> Path:
     return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "unlearning-harness"))
 
 
+def portable_path(path: str | os.PathLike) -> str:
+    """A model path as records store it: ``$HARNESS_CACHE/...`` for anything under the cache
+    root, so that a record names no folder of the machine it was made on; other paths as given."""
+    text = str(path)
+    try:
+        inside = Path(text).resolve().relative_to(cache_root().resolve())
+    except (ValueError, OSError):
+        return text
+    return f"$HARNESS_CACHE/{inside.as_posix()}"
+
+
 @dataclass
 class LoadedModel:
     model: torch.nn.Module
@@ -75,6 +86,18 @@ def load_model(spec: str, device: torch.device | None = None, trust_remote_code:
             f"or one of the built-in aliases: {', '.join(ALIASES)}."
         )
     return LoadedModel(*_from_hub(spec, device, dtype, trust_remote_code), spec, f"hub:{spec}")
+
+
+def load_tokenizer(spec: str, trust_remote_code: bool = False):
+    """The tokenizer of a model spec alone (what decides a benchmark's prompt format), without its weights."""
+    from transformers import AutoTokenizer
+
+    if spec == TINY_ALIAS:
+        return byte_level_tokenizer()
+    folder = smollm2_folder() if spec == SMOLLM2_ALIAS else Path(spec).expanduser()
+    if folder.is_dir():
+        return _ensure_pad(AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code))
+    return load_model(spec, torch.device("cpu"), trust_remote_code).tokenizer   # hub ids: the same errors as a load
 
 
 def _from_folder(folder: Path, device, dtype, trust_remote_code: bool):

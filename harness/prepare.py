@@ -21,7 +21,7 @@ from harness.codeversion import finetune_code
 from harness.errors import HarnessError
 from harness.losses import answer_ce
 from harness.methods.base import UnlearningMethod
-from harness.models import cache_root, load_model
+from harness.models import cache_root, load_model, load_tokenizer, portable_path
 from harness.results import slug
 from harness.training import TrainConfig, train
 
@@ -38,11 +38,14 @@ class Finetune(UnlearningMethod):
 
 
 def prepared_key(base: str, benchmark, cfg: TrainConfig, seed: int) -> str:
-    blob = json.dumps(
-        {"base": base, "benchmark": benchmark.name, "data": benchmark.data_info(), "finetune": asdict(cfg), "seed": seed,
-         "code": finetune_code()},
-        sort_keys=True, default=str,
-    )
+    """Base model, benchmark data and settings, fine-tuning config, seed and code; and the settings
+    the base's tokenizer resolved (TOFU's prompt format), where there are any."""
+    parts = {"base": base, "benchmark": benchmark.name, "data": benchmark.data_info(), "finetune": asdict(cfg), "seed": seed,
+             "code": finetune_code()}
+    resolved = benchmark.resolved_settings()
+    if resolved:
+        parts["resolved"] = resolved
+    blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -57,12 +60,10 @@ def is_ready(folder: Path) -> bool:
 
 def prepare(base: str, benchmark, cfg: TrainConfig, seed: int, device=None, progress=None, force=False, log=print) -> dict[str, Path]:
     """Return {"target": folder, "retain": folder}, fine-tuning whichever is not cached yet."""
+    benchmark.use_tokenizer(load_tokenizer(base))   # the prompt format the models are fine-tuned in
     folders = {}
     ranks, claims = distributed.current(device), Claims()
-    for role, examples in (
-        ("target", benchmark.forget_train() + (benchmark.retain_train() or [])),
-        ("retain", benchmark.retain_train() or []),
-    ):
+    for role in ("target", "retain"):
         folder = prepared_folder(base, benchmark, cfg, seed, role)
         folders[role] = folder
         # One builder per folder: other processes sharing the cache wait for it (harness/claims.py);
@@ -70,13 +71,14 @@ def prepare(base: str, benchmark, cfg: TrainConfig, seed: int, device=None, prog
         if ranks.broadcast(ranks.is_main and _wait_or_claim(claims, folder, force, log)):
             log(f"prepare: reusing cached {role} model {folder}")
             continue
+        loaded = load_model(base, device)
+        examples = (benchmark.forget_train() if role == "target" else []) + (benchmark.retain_train() or [])
         if not examples:
             raise HarnessError(
                 f"benchmark '{benchmark.name}' has no data to fine-tune a {role} model on. Pass an existing "
                 f"{role} model instead (--{role} PATH), or supply the benchmark's {role} split."
             )
         log(f"prepare: fine-tuning the {role} model on {len(examples)} examples ({cfg.epochs} epochs, lr {cfg.lr})")
-        loaded = load_model(base, device)
         started = time.perf_counter()
         result = train(loaded.model, loaded.tokenizer, Finetune(), examples, None, cfg, seed, progress, log=log)
         if result.status != "ok":
@@ -89,7 +91,7 @@ def prepare(base: str, benchmark, cfg: TrainConfig, seed: int, device=None, prog
         loaded.model.save_pretrained(tmp, safe_serialization=True)
         loaded.tokenizer.save_pretrained(tmp)
         info = {
-            "role": role, "base": base, "base_source": loaded.source, "benchmark": benchmark.name,
+            "role": role, "base": base, "resolved_settings": benchmark.resolved_settings(), "base_source": portable_path(loaded.source), "benchmark": benchmark.name,
             "data": benchmark.data_info(), "finetune": asdict(cfg), "seed": seed,
             "code": finetune_code(), "examples": len(examples), "steps": result.steps, "final_loss": result.last_finite_loss,
             "seconds": round(time.perf_counter() - started, 1),

@@ -30,7 +30,7 @@ from harness.engine import HFEngine
 from harness.errors import HarnessError
 from harness.evalcache import CachedEngine, EvalCache, model_key
 from harness.evaluation import run_plan
-from harness.models import cache_root, load_model, pick_device
+from harness.models import cache_root, load_model, pick_device, portable_path
 from harness.methods.base import NEEDS_RETAIN
 from harness.prepare import prepare
 from harness.registry import BENCHMARKS, METHODS
@@ -339,7 +339,7 @@ class Runner:
     def _evaluate_only(self, spec, reference, self_reference: bool = False) -> dict:
         loaded = load_model(spec() if callable(spec) else spec, self.device, self.req.trust_remote_code)
         out = self._evaluate(loaded, reference, self_reference)
-        out.update({"status": "ok", "model_source": loaded.source, "training": None})
+        out.update({"status": "ok", "model_source": portable_path(loaded.source), "training": None})
         return out
 
     def _unlearn(self, method, train_cfg: TrainConfig, target_spec, reference, resolved) -> dict:
@@ -349,6 +349,7 @@ class Runner:
                 "(its cell failed: see its record); fix and rerun it, or use eval.select=last."
             )
         loaded = load_model(target_spec() if callable(target_spec) else target_spec, self.device, self.req.trust_remote_code)
+        self.bench.use_tokenizer(loaded.tokenizer)
         forget = self.bench.forget_train()
         train_cut = truncation.train_counts(loaded.tokenizer, {"forget": forget, "retain": self.bench.retain_train()},
                                             train_cfg.max_length)
@@ -376,13 +377,13 @@ class Runner:
         if per_epoch is not None:
             out["epochs"] = per_epoch.summary(result.losses, steps_per_epoch, total)
             out["timings"]["per_epoch_eval_s"] = per_epoch.eval_s
-        out.update({"status": result.status, "model_source": loaded.source, "training": result.summary()})
+        out.update({"status": result.status, "model_source": portable_path(loaded.source), "training": result.summary()})
         out["truncated"] = {**out["truncated"], "train": train_cut}
         out["timings"]["train_s"] = round(result.seconds, 3)
         if self.req.save_models:
             folder = (self.req.models_dir or cache_root() / "unlearned") / self.bench.name / slug(self.model_label) / method.name / f"{config_id(resolved)}-seed{self.req.seed}"
             save_model_atomically(loaded, folder)
-            out["model_path"] = str(folder)
+            out["model_path"] = portable_path(folder)
         return out
 
     def _select(self, epochs: list[dict]) -> selection.Selection:
@@ -399,14 +400,19 @@ class Runner:
 
     def _evaluate(self, loaded, reference, self_reference: bool = False) -> dict:
         engine = self._engine(loaded)
+        self.bench.use_tokenizer(loaded.tokenizer)
         started = time.perf_counter()
         outputs = run_plan(engine, self.bench.eval_plan(), self.progress)
         scores = self.bench.score(outputs, reference)
         if self_reference:  # the retain model against itself: forget quality 1, PrivLeak 0 by definition
             scores = self.bench.score(outputs, scores.reference_values)
+        for warning in scores.warnings:
+            self.log(f"warning: {self.bench.name}: {warning}")
         return {
             "aggregates": scores.aggregates, "per_sample": scores.per_sample, "missing": scores.missing,
             "reference_values": scores.reference_values, "truncated": {"eval": self._eval_truncation(loaded.tokenizer)},
+            "warnings": scores.warnings, "scoring_deviations": scores.deviations,
+            "resolved_settings": self.bench.resolved_settings(),
             "timings": {**outputs.timings, "eval_s": round(time.perf_counter() - started, 3)},
             "eval_counts": {**outputs.counts, **getattr(engine, "counts", {})},
         }

@@ -21,6 +21,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from harness import distributed
 from harness.batching import Example, make_batch
+from harness.chat import prompt_text
 from harness.errors import HarnessError
 from harness.losses import sequence_logprob
 from harness.methods.base import (
@@ -230,7 +231,7 @@ def run_loop(
     model.train()
     bar = progress(total=total, desc=f"train {method.name}", unit="step") if progress else None
 
-    lengths = [len(e.prompt) + len(e.answer) for e in forget]
+    lengths = [len(prompt_text(e.prompt)) + len(e.answer) for e in forget]
     callback_s = 0.0
     for epoch in range(epochs):
         order = epoch_order(lengths, cfg.global_batch, order_rng, cfg.group_by_length)

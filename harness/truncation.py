@@ -25,8 +25,8 @@ def eval_counts(tokenizer, plan, max_length: int) -> dict[str, int]:
         n = 0
         for r in requests:
             if r not in lengths:
-                lengths[r] = _length(tokenizer, r.prompt, r.continuation, add_eos=False)
-            n += lengths[r] > max_length
+                lengths[r] = _length(tokenizer, r.prompt, r.continuation, add_eos=r.add_eos)
+            n += lengths[r] > max_length and not r.full_context   # full-context texts are not cut at max_length
         counts[name] = n
     return counts
 

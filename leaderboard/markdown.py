@@ -185,7 +185,8 @@ def _aggregate(records: Sequence[Mapping[str, Any]], column: Column) -> _Value:
 
 
 def _note_texts(row: _Row) -> list[str]:
-    """Notes for one row: divergence (or another non-ok status) per seed, selected checkpoints, stand-in data."""
+    """Notes for one row: divergence (or another non-ok status) per seed, selected checkpoints,
+    stand-in data, non-default scoring settings."""
     notes: list[str] = []
     several = len(row.records) > 1
     for record in row.records:
@@ -215,6 +216,9 @@ def _note_texts(row: _Row) -> list[str]:
         stand_in = (record.get("data") or {}).get("stand_in")
         if stand_in:
             notes.append(f"stand-in data: {' '.join(str(stand_in).split())}")
+    for record in row.records:  # scored with a non-default setting that changes scores
+        for deviation in record.get("scoring_deviations") or []:
+            notes.append(f"non-default scoring: {' '.join(str(deviation).split())}.")
     return _unique(notes)
 
 

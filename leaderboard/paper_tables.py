@@ -6,6 +6,7 @@ paper's name for ``harness tables --paper NAME``); adding a paper needs no code.
     {
       "schema": 1,
       "title": "...", "citation": "...", "source": "...",          # text shown at the top
+      "published_label": "paper",                                   # who published the values (below)
       "notes": ["..."],                                             # optional, shown under it
       "benchmark": "muse-news",                                     # default for every table
       "model_note": "Published: Llama-2-7B ...",                    # default for every table
@@ -29,6 +30,10 @@ paper's name for ``harness tables --paper NAME``); adding a paper needs no code.
 A paper with several tables (one per TOFU split, or one per benchmark) lists them under
 ``"tables": [{"title": ..., "where": ..., "rows": [...]}, ...]``; every table inherits
 ``benchmark``, ``model_note``, ``where`` and ``columns`` from the top level unless it sets its own.
+
+``published_label`` heads the published values' columns: ``paper`` (the default) only when the
+values are the ones the paper printed; otherwise the real source (``authors' archive`` for
+values re-scored from the authors' archived outputs, ``OpenUnlearning`` for a reproduction).
 
 Columns: ``key`` names the aggregate in a record's ``aggregates``; ``direction`` is ``up``,
 ``down`` or ``ref`` (closer to ``target`` is better); ``format`` is ``fixed`` (``digits``
@@ -185,9 +190,9 @@ class PaperColumn:
     def header(self) -> str:
         return header_text(self.label, self.direction, self.target)
 
-    def headers(self) -> list[str]:
+    def headers(self, published: str = "paper") -> list[str]:
         delta = "Δlog10" if self.compare == "log10" else "Δ"
-        return [f"{self.header()} ours", f"{self.label} paper", f"{self.label} {delta}"]
+        return [f"{self.header()} ours", f"{self.label} {published}", f"{self.label} {delta}"]
 
     def fmt(self, value: float) -> str:
         return format_sig(value, self.digits) if self.format == "sig" else format_value(value, self.digits)
@@ -330,6 +335,7 @@ class Paper:
     source: str
     notes: tuple[str, ...]
     tables: tuple[PaperTable, ...]
+    published_label: str = "paper"   # "paper" only for values the paper printed
 
 
 def _exact(column: PaperColumn, value: float) -> bool:
@@ -398,7 +404,7 @@ def parse_paper(data: Any, name: str, origin: str = "") -> Paper:
     if data.get("schema", SCHEMA) != SCHEMA:
         raise _fail(where, f"schema must be {SCHEMA}, got {data.get('schema')!r}")
     allowed = {"schema", "title", "citation", "source", "notes", "benchmark", "model_note", "where", "columns",
-               "rows", "tables"}
+               "rows", "tables", "published_label"}
     extra = sorted(set(data) - allowed)
     if extra:
         raise _fail(where, f"unknown field(s) {', '.join(extra)}; allowed: {', '.join(sorted(allowed))}")
@@ -439,6 +445,7 @@ def parse_paper(data: Any, name: str, origin: str = "") -> Paper:
         source=_as_text(data.get("source"), f"{where}: source"),
         notes=_as_notes(data.get("notes"), f"{where}: notes"),
         tables=tuple(tables),
+        published_label=_as_text(data.get("published_label", "paper"), f"{where}: published_label", required=True),
     )
 
 
@@ -605,17 +612,20 @@ def _legend(paper: Paper) -> str:
     used = {c.direction for t in paper.tables for c in t.columns}
     arrows = ", ".join(f"{a} {m}" for d, (a, m) in DIRECTIONS.items() if d in used)
     log = any(c.compare == "log10" for t in paper.tables for c in t.columns)
+    pub = paper.published_label
+    what = "the value the paper printed" if pub == "paper" else "the published value (source above)"
     return (
         "Legend: *ours* = the stored records that match the row (mean ± sample std over seeds; the match is "
-        "under *Harness run*); *paper* = the published value; Δ = ours − paper, from the values as shown"
-        + ("; Δlog10 = log10(ours) − log10(paper)" if log else "")
+        f"under *Harness run*); *{pub}* = {what}; Δ = ours − {pub}, from the values as shown"
+        + (f"; Δlog10 = log10(ours) − log10({pub})" if log else "")
         + f"; `{UNKNOWN}` = the published value is not available here (never filled in); `{NOT_RUN}` = no "
         f"stored record matches the row; `{MISSING}` = a matching record lacks the value; {NO_DIFF} = no "
         f"difference can be computed. {arrows}."
     )
 
 
-def _section(table: PaperTable, model: str | None, records: Sequence[Mapping[str, Any]], link_base: str | None) -> str:
+def _section(table: PaperTable, model: str | None, records: Sequence[Mapping[str, Any]], link_base: str | None,
+             published: str = "paper") -> str:
     heading = f"## {table.title} — {model}" if model else f"## {table.title} — no matching records"
     intro = [f"Benchmark `{table.benchmark}`."]
     if table.model_note:
@@ -640,7 +650,7 @@ def _section(table: PaperTable, model: str | None, records: Sequence[Mapping[str
                 out.append(numbers[note])
         return ",".join(_superscript(n) for n in out)
 
-    headers = ["Row", "Harness run", *(h for c in table.columns for h in c.headers()), "Seed(s)"]
+    headers = ["Row", "Harness run", *(h for c in table.columns for h in c.headers(published)), "Seed(s)"]
     align = ["left", "left", *("right" for _ in table.columns for _ in range(3)), "right"]
     body = []
     for row in table.rows:
@@ -696,10 +706,10 @@ def render_paper_table(paper: Paper, records: Sequence[Mapping[str, Any]], link_
         mine = [r for r in finished if r.get("benchmark") == table.benchmark and table.where.accepts(r)]
         models = sorted({_text(r.get("model")) or "?" for r in mine})
         if not models:
-            parts.append(_section(table, None, [], link_base))
+            parts.append(_section(table, None, [], link_base, paper.published_label))
         for model in models:
             parts.append(_section(table, model, [r for r in mine if (_text(r.get("model")) or "?") == model],
-                                  link_base))
+                                  link_base, paper.published_label))
     return "\n\n".join(parts) + "\n"
 
 

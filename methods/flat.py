@@ -27,9 +27,12 @@ would rather not offer a guessed correction under the paper's name.
 
 Normalisation. ``per_answer`` (the default) divides each answer's token-probability sum by its
 own number of answer tokens, the P̄ above. ``padded_length`` reproduces the official code, which
-divides the sum by the padded sequence length (``pad_length``, 500 for TOFU) whatever the answer
-length: P̄ then lies in [0, |y|/500], long answers count more than short ones, and the gradients
-are roughly |y|/500 times smaller, so learning rates tuned in one mode do not transfer.
+pads every row to ``pad_length`` tokens (500 for TOFU) and averages the token probabilities over
+all the row's shifted next-token positions, answer or not: the sum over the answer divided by
+``pad_length - 1`` (499 for TOFU; checked against the official loss and gradient on identical
+weights and batches). P̄ then lies in [0, |y|/499], long answers count more than short ones,
+and the gradients are roughly |y|/499 times smaller, so learning rates tuned in one mode do not
+transfer.
 
 Templates come from ``ctx.extras["refusals"]`` when a benchmark supplies its own list, otherwise
 from ``harness.methods.refusals.REFUSALS``. One template per (epoch, forget item) is drawn up
@@ -72,7 +75,7 @@ NORMALISATIONS = ("per_answer", "padded_length")
 class FlatConfig:
     divergence: str = "total_variation"   # one of DIVERGENCES
     normalisation: str = "per_answer"     # "per_answer" (mean over answer tokens) or "padded_length"
-    pad_length: int = 500                 # divisor for "padded_length" (the official TOFU value)
+    pad_length: int = 500                 # "padded_length": the official padded row length (TOFU: 500)
 
     def __post_init__(self):
         valid = ", ".join(DIVERGENCES)
@@ -87,8 +90,9 @@ class FlatConfig:
             raise HarnessError(
                 f"flat.normalisation must be one of: {', '.join(NORMALISATIONS)}; got '{self.normalisation}'."
             )
-        if self.pad_length < 1:
-            raise HarnessError(f"flat.pad_length must be at least 1, got {self.pad_length}.")
+        if self.pad_length < 2:
+            raise HarnessError(f"flat.pad_length must be at least 2 (a row of N tokens has N - 1 predicted positions), "
+                               f"got {self.pad_length}.")
 
 
 def flat_objective(p_template: torch.Tensor, p_forget: torch.Tensor, divergence: str) -> torch.Tensor:
@@ -116,7 +120,7 @@ class Flat(UnlearningMethod):
         logp, mask = token_logprobs(model, batch)
         prob_sum = (logp.exp() * mask).sum(-1)
         if self.config.normalisation == "padded_length":
-            return prob_sum / self.config.pad_length
+            return prob_sum / (self.config.pad_length - 1)   # the row's shifted positions
         return prob_sum / mask.sum(-1).clamp(min=1)
 
     def before_training(self, model, ctx) -> None:

@@ -2,6 +2,11 @@
 
 The KL variant (GA_KLR in MUSE) is KL(pi_ref || pi_theta) on the retain batch, averaged over
 answer tokens only (prompt positions are masked out), against the frozen pre-unlearning model.
+OpenUnlearning's KL retain term differs: it averages the per-position KL over every position of
+the batch, prompt and padding included, so its value (and its weight against the forget term)
+depends on how much prompt and padding a batch holds. We keep the answer-token mean, which
+measures only what the retain answers lose and does not move with padding; with retain_loss=kl
+our numbers are therefore not those of OpenUnlearning's GradDiff-KL at the same alpha.
 """
 from __future__ import annotations
 

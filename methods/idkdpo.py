@@ -31,6 +31,12 @@ from harness.registry import register_method
 from harness.methods.base import NEEDS_RETAIN, UnlearningMethod
 from harness.methods.refusals import REFUSALS, sample_refusals
 
+
+def _like(answer: str, refusal: str) -> str:
+    """The refusal with the forget answer's leading whitespace (a space in plain prompt formats,
+    none as a chat template's assistant turn)."""
+    return answer[: len(answer) - len(answer.lstrip())] + refusal.strip()
+
 REFERENCE_BATCH = 8   # examples per reference forward pass in before_training
 
 
@@ -80,7 +86,7 @@ class IdkDPO(UnlearningMethod):
         pairs = list(dict.fromkeys((i, r) for row in drawn for i, r in enumerate(row)))
         ref_forget, forget_passes = reference_logprobs(model, ctx.encode, forget)
         pair_logp, pair_passes = reference_logprobs(
-            model, ctx.encode, [Example(forget[i].prompt, " " + r) for i, r in pairs]
+            model, ctx.encode, [Example(forget[i].prompt, _like(forget[i].answer, r)) for i, r in pairs]
         )
         by_pair = dict(zip(pairs, pair_logp.tolist()))
         ref_refusal = torch.tensor(
@@ -101,7 +107,8 @@ class IdkDPO(UnlearningMethod):
         epoch = ctx.epoch % len(ctx.extras["idk_refusals"])
         idx = batch.forget_index.tolist()
         refusals = [ctx.extras["idk_refusals"][epoch][i] for i in idx]
-        preferred = ctx.encode([Example(ctx.forget_examples[i].prompt, " " + r) for i, r in zip(idx, refusals)])
+        preferred = ctx.encode([Example(ctx.forget_examples[i].prompt, _like(ctx.forget_examples[i].answer, r))
+                                  for i, r in zip(idx, refusals)])
 
         logp_w = sequence_logprob(model, preferred)
         logp_l = sequence_logprob(model, batch.forget)

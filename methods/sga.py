@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from harness.batching import Example
+from harness.chat import prompt_text
 from harness.errors import HarnessError
 from harness.losses import answer_ce
 from harness.registry import register_method
@@ -107,7 +108,7 @@ def tfidf_neighbours(forget: list[Example], retain: list[Example], n: int) -> li
     """For each forget item, the n retain indices of highest TF-IDF cosine similarity (prompt + answer)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    texts = [e.prompt + e.answer for e in forget] + [e.prompt + e.answer for e in retain]
+    texts = [prompt_text(e.prompt) + e.answer for e in forget] + [prompt_text(e.prompt) + e.answer for e in retain]
     vectors = TfidfVectorizer().fit_transform(texts)     # rows are L2-normalised: dot = cosine
     similarity = (vectors[: len(forget)] @ vectors[len(forget) :].T).toarray()
     return np.argsort(-similarity, axis=1, kind="stable")[:, :n].tolist()
@@ -139,12 +140,12 @@ class SmoothedGradientAscent(UnlearningMethod):
                     if not ex.perturbed:
                         raise HarnessError(
                             f"sga.normal_source=perturbed needs perturbed (wrong) answers, but forget item "
-                            f"'{ex.id or ex.prompt[:40]}' has none in this benchmark. Use "
+                            f"'{ex.id or prompt_text(ex.prompt)[:40]}' has none in this benchmark. Use "
                             "--set sga.normal_source=random (or tfidf) instead."
                         )
                     raise HarnessError(
                         f"sga.normal_source=perturbed with K={self.config.K} needs {need} perturbed answers per "
-                        f"forget item, but '{ex.id or ex.prompt[:40]}' has {len(ex.perturbed)}. Lower sga.K to "
+                        f"forget item, but '{ex.id or prompt_text(ex.prompt)[:40]}' has {len(ex.perturbed)}. Lower sga.K to "
                         f"{len(ex.perturbed) + 1} or use sga.normal_source=random."
                     )
         elif len(ctx.retain_examples) < need:

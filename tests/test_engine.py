@@ -47,6 +47,29 @@ def test_logprobs_match_direct_computation(tiny):
     assert len(scores[1].logprobs) == len(tok(other.continuation, add_special_tokens=False)["input_ids"])
 
 
+def test_eos_and_full_context_are_request_settings(tiny):
+    model, tok = tiny
+    engine = HFEngine(model, tok, max_length=12)
+    plain, with_eos = engine.logprobs([LogprobRequest("Q:", " Zorb"), LogprobRequest("Q:", " Zorb", add_eos=True)])
+    p = tok("Q:")["input_ids"]
+    a = tok(" Zorb", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    with torch.no_grad():
+        logp = F.log_softmax(model(input_ids=torch.tensor([p + a])).logits[0].float(), -1)
+    assert len(with_eos.logprobs) == len(plain.logprobs) + 1
+    assert with_eos.logprobs[-1] == pytest.approx(logp[len(p) + len(a) - 2, tok.eos_token_id].item(), abs=1e-4)
+    text = "a text longer than twelve tokens"
+    cut, whole = engine.logprobs([LogprobRequest("", text), LogprobRequest("", text, full_context=True)])
+    assert len(cut.logprobs) == 12 - 1 and len(whole.logprobs) == len(tok(text, add_special_tokens=False)["input_ids"])
+    assert whole.logprobs[:11] == pytest.approx(cut.logprobs, abs=1e-5)
+
+
+def test_clean_up_spaces_is_a_decoding_setting(tiny):
+    model, tok = tiny
+    engine = HFEngine(model, tok)
+    raw, clean = engine.generate([GenerationRequest(PROMPTS[0], 12), GenerationRequest(PROMPTS[0], 12, clean_up_spaces=True)])
+    assert clean == tok.clean_up_tokenization(raw)
+
+
 def test_plan_runs_each_unique_request_once(tiny):
     model, tok = tiny
     engine = HFEngine(model, tok)

@@ -89,3 +89,24 @@ def test_rerun_reuses_outputs_and_no_eval_cache_does_not(tmp_path, monkeypatch):
         assert "cache_hits" not in c["eval_counts"]
         assert a["aggregates"] == b["aggregates"] == pytest.approx(c["aggregates"], abs=1e-9)
         assert a["per_sample"] == b["per_sample"]
+
+
+def test_a_changed_scoring_convention_misses_the_cache(tiny, tmp_path):
+    """Outputs stored under an older convention (e.g. answers scored without EOS) are never served."""
+    import harness.evalcache as evalcache
+
+    model, tok = tiny
+    cache = EvalCache(tmp_path / "evals.sqlite")
+    settings = HFEngine(model, tok).settings()
+    old_key = model_key(model, tok, settings, convention=evalcache.SCORING_CONVENTION - 1)
+    CachedEngine(Counting(HFEngine(model, tok)), cache, old_key).logprobs(REQUESTS)
+
+    new_key = model_key(model, tok, settings)
+    assert new_key != old_key
+    fresh = Counting(HFEngine(model, tok))
+    CachedEngine(fresh, cache, new_key).logprobs(REQUESTS)
+    assert fresh.asked == list(REQUESTS)   # every request computed again, none served from the old entries
+    # The same convention hits.
+    again = Counting(HFEngine(model, tok))
+    CachedEngine(again, cache, new_key).logprobs(REQUESTS)
+    assert again.asked == []

@@ -307,3 +307,13 @@ def test_sweep_rows_of_one_method_follow_their_settings_in_numeric_order():
     rows = table_rows(render_leaderboard(records, COLUMNS))
     order = [row[0].split("/sga/")[1].split("-seed")[0] for row in rows]
     assert order == ["a9", "ff", "c1", "00"]   # r = -2, -0.2, 0, then the non-numeric 'auto'
+
+
+def test_rows_scored_with_a_non_default_setting_are_footnoted():
+    shortcut = rec("ga", "GA", 0, {"verbmem_f": 1.0})
+    shortcut["scoring_deviations"] = ["generations cut at a newline (benchmark.stop_at_newline=true); TOFU uses no stop strings"]
+    plain = rec("npo", "NPO", 0, {"verbmem_f": 2.0}, cfg="77aa0011")
+    text = render_leaderboard([shortcut, plain], COLUMNS)
+    assert "- ¹ non-default scoring: generations cut at a newline (benchmark.stop_at_newline=true)" in text
+    rows = {row[0].split("](")[0].strip("["): row for row in table_rows(text)}
+    assert rows["GA"][0].endswith("¹") and not rows["NPO"][0].endswith("¹")

@@ -118,6 +118,11 @@ def test_scores_match_hand_computed_values(tmp_path):
     assert plan.generations["knowmem_f"][0].stop == ("\n\n", "\nQuestion", "Question:")
     assert plan.generations["verbmem_f"][0].max_new_tokens == 128 and plan.generations["knowmem_f"][0].max_new_tokens == 32
     assert plan.logprobs["verbmem_gt"][1].prompt == "p two" and plan.logprobs["verbmem_gt"][1].continuation == "a b c d"
+    # MUSE's conventions: no EOS on scored texts, PrivLeak texts whole, generations decoded with clean-up.
+    assert not any(r.add_eos for requests in plan.logprobs.values() for r in requests)
+    assert all(r.full_context for r in plan.logprobs["privleak_forget"] + plan.logprobs["privleak_holdout"])
+    assert not any(r.full_context for r in plan.logprobs["verbmem_gt"])
+    assert all(r.clean_up_spaces for requests in plan.generations.values() for r in requests)
     assert plan.logprobs["privleak_forget"][0].prompt == ""
 
     scores = bench.score(fabricate(bench), None)

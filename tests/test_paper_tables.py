@@ -180,15 +180,15 @@ def test_sig_format():
 def test_muse_news_cells():
     text = render_paper_table(load_paper("muse_news"), muse_records())
     headers, rows = table(section(text, f"## muse-news — {MODEL}"))
-    assert headers[:5] == ["Row", "Harness run", "VerbMem f ↓ ours", "VerbMem f paper", "VerbMem f Δ"]
+    assert headers[:5] == ["Row", "Harness run", "VerbMem f ↓ ours", "VerbMem f authors' archive", "VerbMem f Δ"]
     assert "KnowMem r ↑ ours" in headers and "PrivLeak → 0 ours" in headers  # direction marks
     assert list(rows) == ["Target", "Retrain", "GA", "GA_GDR", "GA_KLR", "NPO", "NPO_GDR", "NPO_KLR",
                           "Task Vector", "WHP"]
     ga = rows["GA"]
     assert cell(headers, ga, "Harness run") == "ga"
-    assert [cell(headers, ga, h) for h in ("VerbMem f ↓ ours", "VerbMem f paper", "VerbMem f Δ")] == ["1.5", "0.0", "+1.5"]
+    assert [cell(headers, ga, h) for h in ("VerbMem f ↓ ours", "VerbMem f authors' archive", "VerbMem f Δ")] == ["1.5", "0.0", "+1.5"]
     # Δ from the values as shown: 10.0 - 5.2
-    assert [cell(headers, ga, h) for h in ("PrivLeak → 0 ours", "PrivLeak paper", "PrivLeak Δ")] == ["10.0", "5.2", "+4.8"]
+    assert [cell(headers, ga, h) for h in ("PrivLeak → 0 ours", "PrivLeak authors' archive", "PrivLeak Δ")] == ["10.0", "5.2", "+4.8"]
     assert cell(headers, rows["Target"], "KnowMem r Δ") == "-5.2"
     assert cell(headers, rows["Retrain"], "Harness run") == "retain (reference)"
     assert cell(headers, rows["Retrain"], "PrivLeak Δ") == "0.0"
@@ -201,7 +201,7 @@ def test_muse_news_cells():
         assert cell(headers, rows[name], "VerbMem f ↓ ours") == NOT_RUN
         assert cell(headers, rows[name], "VerbMem f Δ") == "—"
     assert cell(headers, rows["WHP"], "Harness run") == "whp"
-    assert cell(headers, rows["WHP"], "VerbMem f paper") == "19.7"
+    assert cell(headers, rows["WHP"], "VerbMem f authors' archive") == "19.7"
     body = section(text, f"## muse-news — {MODEL}")
     assert "NPO¹" in body and "- ¹ diverged at step 7; scores are of the weights at that point." in body
     assert "negated task vector applied with alpha = 5" in body and "MUSE's WHP evaluates the combined logits" in body
@@ -214,9 +214,9 @@ def test_tofu_cells_per_split_log10_difference_and_empty_split():
     headers, rows = table(section(text, f"## TOFU forget01 — {MODEL}"))
     assert "Forget quality Δlog10" in headers and "Forget quality ↑ ours" in headers
     fin = rows["Finetuned"]
-    assert [cell(headers, fin, h) for h in ("Forget quality ↑ ours", "Forget quality paper", "Forget quality Δlog10")] \
+    assert [cell(headers, fin, h) for h in ("Forget quality ↑ ours", "Forget quality OpenUnlearning", "Forget quality Δlog10")] \
         == ["0.0127", "0.00127", "+1.00"]
-    assert [cell(headers, fin, h) for h in ("Model utility ↑ ours", "Model utility paper", "Model utility Δ")] \
+    assert [cell(headers, fin, h) for h in ("Model utility ↑ ours", "Model utility OpenUnlearning", "Model utility Δ")] \
         == ["0.61", "0.63", "-0.02"]
     ga = rows["GradAscent"]
     assert cell(headers, ga, "Forget quality ↑ ours") == "1.88e-6" and cell(headers, ga, "Forget quality Δlog10") == "-2.00"
@@ -224,13 +224,13 @@ def test_tofu_cells_per_split_log10_difference_and_empty_split():
     assert cell(headers, rows["NPO"], "Harness run") == "npo (retain_loss=nll)"
     headers5, rows5 = table(section(text, f"## TOFU forget05 — {MODEL}"))
     ga5 = rows5["GradAscent"]
-    assert cell(headers5, ga5, "Forget quality paper") == "1.94e-119"
+    assert cell(headers5, ga5, "Forget quality OpenUnlearning") == "1.94e-119"
     assert cell(headers5, ga5, "Forget quality Δlog10") == "n/a"  # log of 0
     assert cell(headers5, ga5, "Model utility Δ") == "0.00"
     assert cell(headers5, rows5["Finetuned"], "Forget quality ↑ ours") == NOT_RUN  # no forget05 target
     headers10, rows10 = table(section(text, "## TOFU forget10 — no matching records"))
     assert all(cell(headers10, r, "Model utility ↑ ours") == NOT_RUN for r in rows10.values())
-    assert cell(headers10, rows10["GradDiff"], "Forget quality paper") == "1.8e-229"
+    assert cell(headers10, rows10["GradDiff"], "Forget quality OpenUnlearning") == "1.8e-229"
 
 
 def test_sga_unknown_cells_and_ambiguous_configurations():

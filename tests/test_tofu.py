@@ -99,20 +99,20 @@ def test_prompt_formats_on_fixed_strings():
 
 
 def test_plan_uses_the_chosen_format_budget_and_stops(fake_tofu):
-    bench = Tofu(TofuConfig(prompt_format="llama2", answer_tokens=7), fake_tofu)
+    bench = Tofu(TofuConfig(prompt_format="llama2", answer_tokens=7, stop_at_newline=True), fake_tofu)
     plan = bench.eval_plan()
     gen = plan.generations["gen_forget"][0]
     assert (gen.prompt, gen.max_new_tokens, gen.stop) == ("[INST] Who is Ann Bo? [/INST]", 7, ("\n", "[INST]"))
     assert plan.logprobs["answer_forget"][0].continuation == " Ann Bo is a poet."
+    assert all(r.add_eos for requests in plan.logprobs.values() for r in requests)   # TOFU scores EOS
     assert len(plan.logprobs["pert_forget"]) == 2 * 2 and len(plan.logprobs["pert_real_authors"]) == 2 * 3
     assert "para_real_authors" not in plan.logprobs and "para_world_facts" not in plan.logprobs  # no paraphrase there
-    exact = Tofu(TofuConfig(stop_at_newline=False), fake_tofu).eval_plan()
+    exact = Tofu(TofuConfig(), fake_tofu).eval_plan()   # the default is TOFU's: no stop strings
     assert exact.generations["gen_retain"][0].stop == () and exact.generations["gen_retain"][0].max_new_tokens == 200
 
 
 @pytest.mark.parametrize("setting, message", [
     ({"split": "forget20"}, "split must be one of forget01, forget05, forget10"),
-    ({"prompt_format": "chat"}, "chat template"),
     ({"prompt_format": "mistral"}, "prompt_format must be one of"),
     ({"answer_tokens": 0}, "answer_tokens"),
 ])

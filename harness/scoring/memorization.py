@@ -37,6 +37,10 @@ def extraction_strength(greedy_match: Sequence[bool]) -> float:
     """ES = 1 - k/L with k the smallest index such that every position >= k matches (reference.md section 2).
 
     k = L when the last position does not match (ES = 0); all positions matching gives k = 0 (ES = 1).
+    ES = 0 when no suffix matches follows the published definition (Carlini et al.'s extraction
+    strength as OpenUnlearning states it); OpenUnlearning's own loop stops at k = L - 1 and so
+    reports 1/L in that case. We keep the definition: an answer whose last token is not
+    predicted has no extractable suffix.
     """
     arr = _as_bool(greedy_match)
     length = arr.size

@@ -13,7 +13,7 @@ from harness.errors import HarnessError
 from harness.registry import metric
 
 # MUSE reference AUC of the retrain model (MUSE convention), used for PrivLeak when no retrain
-# model is evaluated: /work/shared/docs/reference.md section 2, MUSE "PrivLeak".
+# model is evaluated (Shi et al. 2024, MUSE, section on PrivLeak; the constant its code compares with).
 MUSE_NEWS_RETRAIN_AUC = 0.4772
 MUSE_BOOKS_RETRAIN_AUC = 0.5393
 

@@ -1,0 +1,148 @@
+"""TOFU on SmolLM2-135M against an independent reference implementation of TOFU's procedure.
+
+The reference below is written from TOFU's published procedure (and OpenUnlearning's chat
+preprocessing for instruct models), item by item, with one forward pass per scored answer and
+one unbatched greedy generation per question; it uses no harness scoring or engine code:
+
+- p̄(a|q) = exp(-mean NLL) over the answer tokens plus one EOS (chat: every token after the
+  generation prompt, plus EOS when the conversation does not end with it);
+- Prob: p̄(a) on forget/retain; p̄(a) / (p̄(a) + Σ p̄(pert)) on real authors / world facts;
+- truth ratio: geometric mean of p̄(pert) / p̄(paraphrase) (real authors / world facts: / p̄(a));
+- ROUGE-L recall (rouge_score, stemmer on) of the greedy answer: no stop strings, special
+  tokens skipped, whitespace stripped.
+
+It compares per item with a record of the "done when" command of issue 11::
+
+    harness eval --benchmark tofu --model smollm2-135m --data-dir ../shared/data/tofu --limit 10 \\
+        --set benchmark.answer_tokens=100
+
+Minutes on a CPU, so opt-in: ``HARNESS_TOFU_PARITY_RECORD=path/to/record.json`` compares an
+existing record; ``HARNESS_TOFU_PARITY=1`` runs the command first (into a temporary folder).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import data_root
+
+TOFU = data_root() / "tofu"
+RECORD = os.environ.get("HARNESS_TOFU_PARITY_RECORD")
+RUN = os.environ.get("HARNESS_TOFU_PARITY") == "1"
+pytestmark = [
+    pytest.mark.skipif(not (RECORD or RUN), reason="opt-in: set HARNESS_TOFU_PARITY_RECORD or HARNESS_TOFU_PARITY=1"),
+    pytest.mark.skipif(not (TOFU / "forget01.json").is_file(), reason=f"TOFU data not found at {TOFU}"),
+]
+LIMIT, BUDGET, TOLERANCE = 10, 100, 1e-3
+FILES = {"forget": "forget01_perturbed", "retain": "retain_perturbed",
+         "real_authors": "real_authors_perturbed", "world_facts": "world_facts_perturbed"}
+
+
+def first_items(name: str) -> list[dict]:
+    lines = (TOFU / f"{name}.json").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()][:LIMIT]
+
+
+class Reference:
+    def __init__(self, model, tok, fmt: str, system: str, date_string: str):
+        self.model, self.tok, self.fmt = model.float().eval(), tok, fmt
+        self.system, self.date = system, date_string
+
+    def _chat(self, messages, generation_prompt: bool) -> list[int]:
+        extra = {"date_string": self.date} if self.date else {}
+        ids = self.tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt, **extra)
+        return list(ids if isinstance(ids, list) else ids["input_ids"])
+
+    def _messages(self, question: str) -> list[dict]:
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return head + [{"role": "user", "content": question}]
+
+    def prompt(self, question: str) -> list[int]:
+        if self.fmt == "chat":
+            return self._chat(self._messages(question), True)
+        return self.tok(f"Question: {question}\nAnswer:", add_special_tokens=True)["input_ids"]
+
+    def sequence(self, question: str, answer: str) -> tuple[list[int], int]:
+        """(ids of prompt + scored tokens, number of prompt tokens)."""
+        eos = self.tok.eos_token_id
+        if self.fmt == "chat":
+            full = self._chat(self._messages(question) + [{"role": "assistant", "content": answer}], False)
+            if full[-1] != eos:
+                full.append(eos)
+            return full, len(self.prompt(question))
+        head = self.prompt(question)
+        return head + self.tok(" " + answer, add_special_tokens=False)["input_ids"] + [eos], len(head)
+
+    @torch.no_grad()
+    def mean_prob(self, question: str, answer: str) -> float:
+        ids, n = self.sequence(question, answer)
+        logits = self.model(input_ids=torch.tensor([ids])).logits[0].double()
+        nll = torch.nn.functional.cross_entropy(logits[n - 1 : -1], torch.tensor(ids[n:]), reduction="mean")
+        return math.exp(-nll.item())
+
+    @torch.no_grad()
+    def answer(self, question: str) -> str:
+        ids = torch.tensor([self.prompt(question)])
+        out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=BUDGET,
+                                  do_sample=False, pad_token_id=self.tok.pad_token_id or self.tok.eos_token_id,
+                                  eos_token_id=self.tok.eos_token_id)
+        return self.tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+
+
+def reference_rows(ref: Reference, name: str, item: dict) -> dict:
+    from rouge_score import rouge_scorer
+
+    q = item["question"]
+    p_answer = ref.mean_prob(q, item["answer"])
+    pert = [ref.mean_prob(q, a) for a in item["perturbed_answer"]]
+    base = ref.mean_prob(q, item["paraphrased_answer"]) if name in ("forget", "retain") else p_answer
+    prob = p_answer if name in ("forget", "retain") else p_answer / (p_answer + sum(pert))
+    generation = ref.answer(q)
+    rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True).score(item["answer"], generation)["rougeL"].recall
+    return {"probability": prob, "truth_ratio": math.prod(pert) ** (1 / len(pert)) / base,
+            "rouge_l_recall": rouge, "generation": generation}
+
+
+def the_record(tmp_path: Path) -> dict:
+    if RECORD:
+        return json.loads(Path(RECORD).read_text())
+    from harness.cli import main
+
+    out = tmp_path / "results"
+    assert main(["eval", "--benchmark", "tofu", "--model", "smollm2-135m", "--data-dir", str(TOFU),
+                 "--limit", str(LIMIT), "--set", f"benchmark.answer_tokens={BUDGET}", "--results-dir", str(out)]) == 0
+    return json.loads(next(out.glob("tofu/*/target/*.json")).read_text())
+
+
+def test_smollm2_tofu_agrees_with_the_reference_per_item(tmp_path):
+    from harness.models import load_model
+
+    record = the_record(tmp_path)
+    config = record["config"]["benchmark_config"]
+    assert config["answer_tokens"] == BUDGET and config["stop_at_newline"] is False
+    loaded = load_model("smollm2-135m", torch.device("cpu"))
+    fmt = record["resolved_settings"]["prompt_format"]
+    ref = Reference(loaded.model, loaded.tokenizer, fmt, config.get("system_prompt", ""), config.get("date_string", ""))
+    worst = {}
+    for name, file in FILES.items():
+        rows = record["per_sample"][name]
+        items = first_items(file)
+        assert len(rows) == len(items) == LIMIT
+        for item, row in zip(items, rows):
+            assert row["question"] == item["question"]
+            expected = reference_rows(ref, name, item)
+            for key in ("probability", "truth_ratio", "rouge_l_recall"):
+                diff = abs(row[key] - expected[key])
+                worst[(name, key)] = max(worst.get((name, key), 0.0), diff)
+                assert diff <= TOLERANCE, (name, item["question"], key, row[key], expected[key], row["generation"],
+                                           expected["generation"])
+        print(f"{name}: {LIMIT} items agree; largest differences "
+              + ", ".join(f"{k} {worst[(name, k)]:.1e}" for k in ("probability", "truth_ratio", "rouge_l_recall")),
+              flush=True)
+    print("largest per-item difference:", {f"{n}/{k}": f"{v:.1e}" for (n, k), v in worst.items()})
+    assert record["aggregates"]["model_utility"] > 0
