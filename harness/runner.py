@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 
 from harness import config as cfgmod
-from harness import distributed, selection
+from harness import distributed, selection, threads
 from harness.claims import Claims, claim_cell, owner_label
 from harness.config import EvalConfig
 from harness.engine import HFEngine
@@ -141,6 +141,8 @@ class Runner:
     def _base_config(self, reference: bool = False) -> dict[str, Any]:
         """Settings that identify a cell; a reference row does not depend on how methods are selected."""
         evaluation = dataclasses.asdict(self.eval_cfg)
+        for key in EVAL_NOT_IN_IDENTITY:   # recorded under "eval_runtime" instead
+            evaluation.pop(key)
         if reference:  # per-epoch evaluation and selection only concern unlearning runs
             for key in REFERENCE_IGNORES_EVAL:
                 evaluation.pop(key)
@@ -271,6 +273,7 @@ class Runner:
             "kind": kind, "seed": self.req.seed, "config_id": cid, "config": resolved,
             "overrides": self.req.overrides, "settings": settings or "evaluation only",
             "data": self.bench.data_info(), "versions": versions(), "commit": git_commit(), "device": str(self.device),
+            "threads": threads.describe(),
         }
         if self.ranks.world_size > 1:
             record["processes"] = self.ranks.world_size   # not part of the cell: the result does not depend on it
@@ -350,7 +353,8 @@ class Runner:
 
     def _engine(self, loaded):
         """The HF engine, behind the evaluation cache unless the run turned it off."""
-        engine = HFEngine(loaded.model, loaded.tokenizer, self.eval_cfg.batch_size, self.eval_cfg.max_length)
+        engine = HFEngine(loaded.model, loaded.tokenizer, self.eval_cfg.batch_size, self.eval_cfg.max_length,
+                          memory_budget_gb=self.eval_cfg.memory_budget_gb)
         if not self.req.eval_cache:
             return engine
         key = model_key(loaded.model, loaded.tokenizer, engine.settings())
@@ -358,6 +362,7 @@ class Runner:
 
     def _evaluate(self, loaded, reference, self_reference: bool = False) -> dict:
         engine = self._engine(loaded)
+        hf = getattr(engine, "engine", engine)   # behind the evaluation cache
         started = time.perf_counter()
         outputs = run_plan(engine, self.bench.eval_plan(), self.progress)
         scores = self.bench.score(outputs, reference)
@@ -368,6 +373,7 @@ class Runner:
             "reference_values": scores.reference_values,
             "timings": {**outputs.timings, "eval_s": round(time.perf_counter() - started, 3)},
             "eval_counts": {**outputs.counts, **getattr(engine, "counts", {})},
+            "eval_runtime": {**(hf.describe() if hasattr(hf, "describe") else {}), **threads.describe()},
         }
 
     @staticmethod
@@ -387,6 +393,8 @@ class MethodSettingsError(Exception):
 
 #: eval settings that change how method rows are chosen, never a reference row's scores
 REFERENCE_IGNORES_EVAL = ("per_epoch", "select")
+#: eval settings that change speed and memory, not scores: not part of a cell's identity
+EVAL_NOT_IN_IDENTITY = ("memory_budget_gb",)
 
 
 class PerEpoch:
