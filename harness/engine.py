@@ -1,11 +1,12 @@
 """The Hugging Face evaluation engine: batched greedy generation and teacher-forced log-probs.
 
-Requests are sorted by length so batches carry little padding; generation pads on the left;
-log-prob batches compute the full next-token distribution only at the scored positions, where
-they also yield the greedy-match flags (exact memorisation, extraction strength) and the mean
-and standard deviation of log p under the model's own distribution (Min-K%++). Continuations
+Requests are sorted by length so batches carry little padding; generation pads on the left
+and a row leaves its batch as soon as it ends; log-prob batches compute the full next-token
+distribution only at the scored positions, a chunk of positions at a time, where they also
+yield the greedy-match flags (exact memorisation, extraction strength) and the mean and
+standard deviation of log p under the model's own distribution (Min-K%++). Continuations
 scored under the same prompt (a correct, a paraphrased and several perturbed answers) share one
-pass over that prompt through its KV cache.
+pass over that prompt through its KV cache. A memory budget bounds every batch.
 """
 from __future__ import annotations
 

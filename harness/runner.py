@@ -46,6 +46,7 @@ from harness.results import (
     versions,
     write_record,
 )
+from harness.scoring.text import prefetch_rouge
 from harness.training import TrainConfig, epoch_plan, train
 
 
@@ -363,6 +364,7 @@ class Runner:
     def _evaluate(self, loaded, reference, self_reference: bool = False) -> dict:
         engine = self._engine(loaded)
         hf = getattr(engine, "engine", engine)   # behind the evaluation cache
+        prefetch_rouge()   # scoring's slowest import, overlapped with the forward passes
         started = time.perf_counter()
         outputs = run_plan(engine, self.bench.eval_plan(), self.progress)
         scores = self.bench.score(outputs, reference)
