@@ -8,7 +8,7 @@ twice on the same weights and requests:
   the output head only at scored positions);
 - naive: every metric on its own (each named request list once per metric that reads it, see
   ``EvalPlan.readers``), requests in the order given, fixed-size batches, whole texts with
-  full logits, transformers' ``generate``; what a harness does when each metric runs its own
+  full logits with the padding mask, transformers' ``generate``; what a harness does when each metric runs its own
   forward passes. It keeps the same memory budget (``eval.memory_budget_gb``).
 
 Both are scored by the benchmark; "scores identical" means every generation is the same string
@@ -49,6 +49,7 @@ def naive_engine(model, tokenizer, batch_size: int, max_length: int, memory_budg
     engine.sort_by_length = False
     engine.head_at_kept_positions = False
     engine.drop_finished = False
+    engine.causal_only = False
     return engine
 
 

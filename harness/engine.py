@@ -138,6 +138,10 @@ class HFEngine:
         self.share_prompts = share_prompts   # run a prompt once for all continuations scored under it
         self.sort_by_length = True           # batch similar lengths together (off only for the naive baseline)
         self.drop_finished = True            # finished rows leave a generation batch (off only for the naive baseline)
+        # Whole texts are right-padded: in a causal model no real token attends to the pads after
+        # it, so the padding mask is not needed and attention may skip the masked-out half
+        # (same outputs, measured bit for bit; off only for the naive baseline).
+        self.causal_only = True
         self.head_at_kept_positions = (
             getattr(getattr(model, "config", None), "model_type", None) in HEAD_ONLY_AT_KEPT_POSITIONS
             and hasattr(model, "base_model_prefix") and hasattr(model, "get_output_embeddings")
@@ -218,7 +222,8 @@ class HFEngine:
         scored = target != IGNORE
         keep = torch.cat([scored, torch.zeros_like(scored[:, :1])], dim=1)  # position t predicts token t+1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        features, _ = self._forward(ids.to(self.device), mask.to(self.device), positions.to(self.device), keep)
+        attention = None if self.causal_only else mask.to(self.device)
+        features, _ = self._forward(ids.to(self.device), attention, positions.to(self.device), keep)
         return self._token_scores(features, target[scored], scored.sum(1).tolist())
 
     def _score_shared_prompts(self, prompts: list[list[int]], rows: list[tuple[int, list[int]]]) -> list[TokenScores]:

@@ -195,6 +195,17 @@ def test_chunked_scoring_gives_the_same_scores_as_one_pass(tiny, head_only):
     assert seen and max(seen) == 3 and sum(seen) > 3 * 10   # many chunks, none larger than asked
 
 
+def test_whole_texts_without_the_padding_mask_score_the_same(tiny):
+    """Right padding in a causal model: no real token sees the pads, so the mask changes nothing."""
+    model, tok = tiny
+    requests = [LogprobRequest("", "a short text"), LogprobRequest("", "a much longer text, padded far less than the other")]
+    masked = HFEngine(model, tok, share_prompts=False)
+    masked.causal_only = False
+    a, b = HFEngine(model, tok, share_prompts=False).logprobs(requests), masked.logprobs(requests)
+    assert [s.greedy_match for s in a] == [s.greedy_match for s in b]
+    assert _max_gap(a, b) < 1e-6
+
+
 def test_a_small_memory_budget_gives_smaller_batches_and_the_same_scores(tiny):
     from harness.engine import token_bytes
 
