@@ -5,19 +5,20 @@ twice on the same weights and requests:
 
 - shared: the harness's own evaluation (one generation stage and one log-prob stage, identical
   requests once, batches sorted by length, prompts shared by several continuations run once,
-  the output head only at scored positions);
+  the output head only at scored positions, no padding mask for right-padded whole texts,
+  finished rows leaving a generation batch);
 - naive: every metric on its own (each named request list once per metric that reads it, see
   ``EvalPlan.readers``), requests in the order given, fixed-size batches, whole texts with
-  full logits with the padding mask, transformers' ``generate``; what a harness does when each metric runs its own
-  forward passes. It keeps the same memory budget (``eval.memory_budget_gb``).
+  the padding mask and full logits, transformers' ``generate``; what a harness does when each
+  metric runs its own forward passes. It keeps the same memory budget (``eval.memory_budget_gb``).
 
 Both are scored by the benchmark; "scores identical" means every generation is the same string
 and every aggregate agrees within 1e-6 (log-probs from different batch shapes differ by float
 rounding). Peak memory is reported per stage (reset at the start of each), with the memory
 budget and the number of scored positions per chunk; the shared generation stage is run once
-more with transformers' ``generate`` to show what dropping finished rows buys. It then times one optimiser step of each unlearning method and counts the forward
-passes of the policy and of any reference model in that step (hooks on ``forward``). The last
-line reads ``speedup vs naive: X.XXx (scores identical: yes|no)``.
+more with transformers' ``generate`` to show what dropping finished rows buys. It then times
+one optimiser step of each unlearning method and counts the forward passes of the policy and
+of any reference model in that step (hooks on ``forward``). The last line reads ``speedup vs naive: X.XXx (scores identical: yes|no)``.
 """
 from __future__ import annotations
 

@@ -111,6 +111,9 @@ class Runner:
         self.overrides = cfgmod.normalise_overrides(req.overrides, sections)
         self.bench = self.bench_cls(cfgmod.build(self.bench_cls.Config, "benchmark", [self.overrides]), req.data_dir, req.limit)
         self.eval_cfg = cfgmod.build(EvalConfig, "eval", [self.overrides])
+        if self.eval_cfg.memory_budget_gb < 0:
+            raise HarnessError(f"eval.memory_budget_gb must be 0 (the default budget) or a positive number of GiB, "
+                               f"got {self.eval_cfg.memory_budget_gb:g}.")
         self.utility_key = getattr(self.bench_cls, "utility_key", None)  # a benchmark may name its utility column
         self.rule = selection.validate(self.eval_cfg.select, self.eval_cfg.per_epoch, self.bench_cls.columns,
                                        utility_key=self.utility_key)
