@@ -18,7 +18,8 @@ rounding). Peak memory is reported per stage (reset at the start of each), with 
 budget and the number of scored positions per chunk; the shared generation stage is run once
 more with transformers' ``generate`` to show what dropping finished rows buys. It then times
 one optimiser step of each unlearning method and counts the forward passes of the policy and
-of any reference model in that step (hooks on ``forward``). The last line reads ``speedup vs naive: X.XXx (scores identical: yes|no)``.
+of any reference model in that step (hooks on ``forward``). The last line reads
+``speedup vs naive: X.XXx (scores identical: yes|no)``.
 """
 from __future__ import annotations
 
