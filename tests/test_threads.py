@@ -36,3 +36,11 @@ def test_every_record_says_how_many_threads_and_why(tmp_path, monkeypatch):
     runtime = record["eval_runtime"]
     assert runtime["threads"] == 1 and runtime["memory_budget_gb"] == 1.5 and runtime["position_chunk"] > 0
     assert "memory_budget_gb" not in record["config"]["eval"]   # speed and memory only: not the cell's identity
+
+
+def test_negative_threads_or_memory_budget_is_a_clear_error(capsys, tmp_path):
+    base = ["eval", "--benchmark", "synthetic", "--model", "tiny-random", "--limit", "1", "--results-dir", str(tmp_path)]
+    assert main(base + ["--threads", "-2"]) == 2
+    assert "--threads must be a positive number" in capsys.readouterr().err
+    assert main(base + ["--set", "eval.memory_budget_gb=-1"]) == 2
+    assert "eval.memory_budget_gb must be 0" in capsys.readouterr().err
