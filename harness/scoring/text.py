@@ -1,9 +1,6 @@
 """Text-overlap scores on generated text (reference.md section 2: TOFU ROUGE, MUSE VerbMem/KnowMem)."""
 from __future__ import annotations
 
-import importlib
-import sys
-import threading
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -16,15 +13,6 @@ def _scorer(use_stemmer: bool):
     from rouge_score import rouge_scorer
 
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=use_stemmer)
-
-
-def prefetch_rouge() -> None:
-    """Import rouge_score in a background thread (with nltk it takes seconds), so that the
-    import overlaps the evaluation's forward passes, which release the GIL, instead of
-    following them: ``harness eval`` starts scoring sooner."""
-    if "rouge_score.rouge_scorer" not in sys.modules:
-        threading.Thread(target=importlib.import_module, args=("rouge_score.rouge_scorer",), daemon=True,
-                         name="prefetch-rouge").start()
 
 
 @metric(
