@@ -5,16 +5,21 @@ twice on the same weights and requests:
 
 - shared: the harness's own evaluation (one generation stage and one log-prob stage, identical
   requests once, batches sorted by length, prompts shared by several continuations run once,
-  the output head only at scored positions);
+  the output head only at scored positions, no padding mask for right-padded whole texts,
+  finished rows leaving a generation batch);
 - naive: every metric on its own (each named request list once per metric that reads it, see
   ``EvalPlan.readers``), requests in the order given, fixed-size batches, whole texts with
-  full logits; what a harness does when each metric runs its own forward passes.
+  the padding mask and full logits, transformers' ``generate``; what a harness does when each
+  metric runs its own forward passes. It keeps the same memory budget (``eval.memory_budget_gb``).
 
 Both are scored by the benchmark; "scores identical" means every generation is the same string
 and every aggregate agrees within 1e-6 (log-probs from different batch shapes differ by float
-rounding). It then times one optimiser step of each unlearning method and counts the forward
-passes of the policy and of any reference model in that step (hooks on ``forward``). The last
-line reads ``speedup vs naive: X.XXx (scores identical: yes|no)``.
+rounding). Peak memory is reported per stage (reset at the start of each), with the memory
+budget and the number of scored positions per chunk; the shared generation stage is run once
+more with transformers' ``generate`` to show what dropping finished rows buys. It then times
+one optimiser step of each unlearning method and counts the forward passes of the policy and
+of any reference model in that step (hooks on ``forward``). The last line reads
+``speedup vs naive: X.XXx (scores identical: yes|no)``.
 """
 from __future__ import annotations
 
@@ -24,11 +29,13 @@ import math
 import resource
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from harness.batching import encode
+from harness import threads
 from harness.engine import HFEngine
 from harness.evaluation import EvalPlan, PlanOutputs, run_plan
 from harness.registry import METHODS
@@ -37,10 +44,15 @@ from harness.training import TrainConfig, train
 TOLERANCE = 1e-6
 
 
-def naive_engine(model, tokenizer, batch_size: int, max_length: int) -> HFEngine:
-    engine = HFEngine(model, tokenizer, batch_size, max_length, share_prompts=False)
+def naive_engine(model, tokenizer, batch_size: int, max_length: int, memory_budget_gb: float = 0.0) -> HFEngine:
+    """The baseline: no sorting or prompt sharing, full logits, transformers' ``generate``. It
+    keeps the memory budget (chunked scoring, fewer rows for long texts): the machine it runs on
+    has no more memory than the harness's own evaluation gets."""
+    engine = HFEngine(model, tokenizer, batch_size, max_length, share_prompts=False, memory_budget_gb=memory_budget_gb)
     engine.sort_by_length = False
     engine.head_at_kept_positions = False
+    engine.drop_finished = False
+    engine.causal_only = False
     return engine
 
 
@@ -86,9 +98,47 @@ def compare(bench, a: PlanOutputs, b: PlanOutputs, reference) -> tuple[bool, flo
 
 
 def peak_memory_mb(device: torch.device) -> float:
+    """Peak since the last ``reset_peak_memory``: the CUDA allocator's peak on GPU; on CPU the
+    process's resident-set high-water mark (Linux ``VmHWM``, else ``ru_maxrss``, which never resets)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux reports KiB
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
+    except (OSError, StopIteration, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux reports KiB
+
+
+def reset_peak_memory(device: torch.device) -> bool:
+    """Start a new peak; False where the platform cannot (the figure is then the peak so far)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        Path("/proc/self/clear_refs").write_text("5")   # Linux: reset the resident-set high-water mark
+        return True
+    except OSError:
+        return False
+
+
+class StagePeaks:
+    """Wraps an engine: the peak memory of each stage (generation, log-prob) while it ran."""
+
+    def __init__(self, engine, device: torch.device):
+        self.engine, self.device, self.peaks = engine, device, {"generation": 0.0, "log-prob": 0.0}
+
+    def _measure(self, stage: str, run, requests, progress):
+        reset_peak_memory(self.device)
+        try:
+            return run(requests, progress)
+        finally:
+            self.peaks[stage] = max(self.peaks[stage], peak_memory_mb(self.device))
+
+    def generate(self, requests, progress=None):
+        return self._measure("generation", self.engine.generate, requests, progress)
+
+    def logprobs(self, requests, progress=None):
+        return self._measure("log-prob", self.engine.logprobs, requests, progress)
 
 
 @dataclass
@@ -143,43 +193,74 @@ def time_one_step(method_name: str, model, tokenizer, bench, train_cfg: TrainCon
     return StepFigures(method_name, t2 - t1, tokens / (t2 - t1), p2 - p1, r2 - r1, result.reference_forward_passes)
 
 
-def evaluate_both(bench, model, tokenizer, batch_size: int, max_length: int):
-    """The shared and the naive evaluation of one model, after a small warm-up."""
+def evaluate_both(bench, model, tokenizer, batch_size: int, max_length: int, memory_budget_gb: float = 0.0,
+                  device: torch.device | None = None):
+    """The shared and the naive evaluation of one model, after a small warm-up; each output's
+    ``peaks`` holds the peak memory (MiB) of its generation and log-prob stages."""
+    device = device or next(model.parameters()).device
     bench.use_tokenizer(tokenizer)
     plan = bench.eval_plan()
     warm = EvalPlan(  # the first generate/forward call pays one-off set-up costs: keep them out of both
         generations={k: v[:2] for k, v in list(plan.generations.items())[:1]},
         logprobs={k: v[:2] for k, v in list(plan.logprobs.items())[:1]},
     )
-    run_plan(HFEngine(model, tokenizer, batch_size, max_length), warm)
+    run_plan(HFEngine(model, tokenizer, batch_size, max_length, memory_budget_gb=memory_budget_gb), warm)
+    engine = StagePeaks(HFEngine(model, tokenizer, batch_size, max_length, memory_budget_gb=memory_budget_gb), device)
     started = time.perf_counter()
-    shared = run_plan(HFEngine(model, tokenizer, batch_size, max_length), plan)
+    shared = run_plan(engine, plan)
     shared.timings["total_s"] = time.perf_counter() - started
+    shared.peaks = engine.peaks
+    engine = StagePeaks(naive_engine(model, tokenizer, batch_size, max_length, memory_budget_gb), device)
     started = time.perf_counter()
-    naive = run_plan_naive(naive_engine(model, tokenizer, batch_size, max_length), plan)
+    naive = run_plan_naive(engine, plan)
     naive.timings["total_s"] = time.perf_counter() - started
+    naive.peaks = engine.peaks
     return plan, shared, naive
+
+
+def generation_without_dropping(model, tokenizer, plan: EvalPlan, batch_size: int, max_length: int,
+                                memory_budget_gb: float) -> tuple[float, dict]:
+    """The shared generation stage again with transformers' ``generate`` (finished rows keep
+    decoding, the stop check decodes whole rows): (seconds, generations)."""
+    engine = HFEngine(model, tokenizer, batch_size, max_length, memory_budget_gb=memory_budget_gb)
+    engine.drop_finished = False
+    started = time.perf_counter()
+    out = run_plan(engine, EvalPlan(generations=plan.generations))
+    return time.perf_counter() - started, out.generations
 
 
 def report(bench, loaded, args, method_names, method_configs, device, out=print) -> float:
     """Print every figure; return the evaluation speedup (naive wall time / shared wall time)."""
     batch_size, max_length = args.batch_size, args.max_length
+    budget_gb = getattr(args, "memory_budget_gb", 0.0)
+    used = threads.describe()
+    probe = HFEngine(loaded.model, loaded.tokenizer, batch_size, max_length, memory_budget_gb=budget_gb).describe()
     out(f"bench: benchmark {bench.name}, model {loaded.name} ({loaded.source}), device {device}, "
-        f"limit {args.limit}, eval batch {batch_size}, torch threads {torch.get_num_threads()}")
-    plan, shared, naive = evaluate_both(bench, loaded.model, loaded.tokenizer, batch_size, max_length)
+        f"limit {args.limit}, eval batch {batch_size}, torch threads {used['threads']} ({used['why']})")
+    out(f"memory budget {probe['memory_budget_gb']:g} GiB (eval.memory_budget_gb), scored positions per chunk "
+        f"{probe['position_chunk']}")
+    plan, shared, naive = evaluate_both(bench, loaded.model, loaded.tokenizer, batch_size, max_length, budget_gb, device)
     tokens = plan_tokens(loaded.tokenizer, plan, shared)
     identical, gap = compare(bench, shared, naive, None)
     out(f"requests: {shared.counts['generation_requests']} generations, {shared.counts['logprob_requests']} log-prob texts "
         f"(naive runs {naive.counts['generation_requests']} and {naive.counts['logprob_requests']}); "
         f"{tokens['generated']} tokens generated, {tokens['scored']} tokens in scored texts")
-    out("stage        | shared s | naive s | shared tok/s | naive tok/s | speedup")
+    out("stage        | shared s | naive s | shared tok/s | naive tok/s | speedup | shared peak MiB | naive peak MiB")
     for stage, key, n in (("generation", "generation_s", tokens["generated"]), ("log-prob", "logprob_s", tokens["scored"])):
         a, b = shared.timings[key], naive.timings[key]
-        out(f"{stage:<12} | {a:8.2f} | {b:7.2f} | {n / a if a else 0:12.1f} | {n / b if b else 0:11.1f} | {b / a if a else 0:6.2f}x")
+        out(f"{stage:<12} | {a:8.2f} | {b:7.2f} | {n / a if a else 0:12.1f} | {n / b if b else 0:11.1f} | "
+            f"{b / a if a else 0:6.2f}x | {shared.peaks[stage]:15.0f} | {naive.peaks[stage]:14.0f}")
     out(f"largest aggregate difference shared vs naive: {gap:.2e}; generations identical: "
         f"{'yes' if shared.generations == naive.generations else 'no'}")
-    out(f"peak memory after evaluation: {peak_memory_mb(device):.0f} MiB")
+    out(f"peak memory of the evaluation stage: {max(shared.peaks.values()):.0f} MiB (naive baseline: "
+        f"{max(naive.peaks.values()):.0f} MiB)")
+    if plan.generations:
+        seconds, texts = generation_without_dropping(loaded.model, loaded.tokenizer, plan, batch_size, max_length, budget_gb)
+        a = shared.timings["generation_s"]
+        out(f"generation with finished rows kept decoding (transformers generate): {seconds:.2f} s, "
+            f"{seconds / a if a else 0:.2f}x the shared stage's time; same texts: {'yes' if texts == shared.generations else 'no'}")
     if method_names:
+        reset_peak_memory(device)
         out("method       | step s | forget tok/s | policy fwd/step | reference fwd/step | reference passes before training")
         for name in method_names:
             train_cfg, method_cfg = method_configs(name)
@@ -190,7 +271,7 @@ def report(bench, loaded, args, method_names, method_configs, device, out=print)
                 continue
             out(f"{name:<12} | {f.seconds:6.2f} | {f.tokens_per_s:12.1f} | {f.policy_forwards:15d} | "
                 f"{f.reference_forwards:18d} | {f.setup_reference_passes}")
-        out(f"peak memory after training: {peak_memory_mb(device):.0f} MiB")
+        out(f"peak memory of the training steps: {peak_memory_mb(device):.0f} MiB")
     speedup = naive.timings["total_s"] / shared.timings["total_s"]
     out(f"speedup vs naive: {speedup:.2f}x (scores identical: {'yes' if identical else 'no'})")
     return speedup

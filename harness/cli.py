@@ -45,6 +45,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. train.lr=1e-5, graddiff.alpha=2, benchmark.num_forget=3, eval.batch_size=8")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="CPU threads for torch (default: OMP_NUM_THREADS if set, else the free cores: "
+                        "CPU affinity and cgroup quota less the current load)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
     p.add_argument("--no-eval-cache", dest="eval_cache", action="store_false",
                    help="evaluate every model afresh instead of reusing stored outputs of identical weights")
@@ -262,7 +265,8 @@ def cmd_bench(args) -> int:
     loaded = load_model(args.model, runner.device, args.trust_remote_code)
     from harness.engine import auto_batch_size
 
-    args.batch_size = runner.eval_cfg.batch_size or auto_batch_size(loaded.model, runner.device)
+    args.memory_budget_gb = runner.eval_cfg.memory_budget_gb
+    args.batch_size = runner.eval_cfg.batch_size or auto_batch_size(loaded.model, runner.device, budget_gb=args.memory_budget_gb)
     args.max_length = runner.eval_cfg.max_length
     report(runner.bench, loaded, args, [] if no_training else runner.methods, runner.method_configs, runner.device)
     return 0
@@ -338,6 +342,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     quiet_libraries()
     try:
+        if getattr(args, "threads", None) is not None:   # verbs that compute
+            if args.threads < 0:
+                raise HarnessError(f"--threads must be a positive number of threads (or 0 for the default), got {args.threads}.")
+            from harness import threads
+
+            threads.apply(args.threads or None)
         load_plugins(args.plugin)
         return COMMANDS[args.verb](args)
     except HarnessError as exc:

@@ -22,6 +22,8 @@ from harness.training import TrainConfig
 class EvalConfig:
     batch_size: int = 0         # sequences per forward pass; 0 = from free GPU memory (32 on CPU)
     max_length: int = 2048      # tokens per scored text
+    memory_budget_gb: float = 0.0   # memory an evaluation batch may use beyond the weights; 0 = 1.5 GiB on CPU,
+                                    # 60% of free memory on GPU (changes speed and memory, not scores)
     per_epoch: bool = False     # also evaluate after every unlearning epoch (training curves)
     select: str = "last"        # checkpoint-selection rule applied to every method alike (see selection.py)
 

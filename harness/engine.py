@@ -1,11 +1,12 @@
 """The Hugging Face evaluation engine: batched greedy generation and teacher-forced log-probs.
 
-Requests are sorted by length so batches carry little padding; generation pads on the left;
-log-prob batches compute the full next-token distribution only at the scored positions, where
-they also yield the greedy-match flags (exact memorisation, extraction strength) and the mean
-and standard deviation of log p under the model's own distribution (Min-K%++). Continuations
+Requests are sorted by length so batches carry little padding; generation pads on the left
+and a row leaves its batch as soon as it ends; log-prob batches compute the full next-token
+distribution only at the scored positions, a chunk of positions at a time, where they also
+yield the greedy-match flags (exact memorisation, extraction strength) and the mean and
+standard deviation of log p under the model's own distribution (Min-K%++). Continuations
 scored under the same prompt (a correct, a paraphrased and several perturbed answers) share one
-pass over that prompt through its KV cache.
+pass over that prompt through its KV cache. A memory budget bounds every batch.
 """
 from __future__ import annotations
 
@@ -79,26 +80,55 @@ class StopOnStrings(StoppingCriteria):
 
 CPU_BATCH = 32            # on CPU compute is the limit: larger batches only cost memory
 NOMINAL_TOKENS = 512      # the sequence length the GPU estimate plans for; longer batches may halve
+CPU_BUDGET_GB = 1.5       # default evaluation memory budget on CPU (``eval.memory_budget_gb=0``)
+GPU_BUDGET_SHARE = 0.6    # ... and on GPU, this share of the free memory
+CPU_MAX_CHUNK = 128       # scored positions per chunk on CPU: larger chunks are slower there (the
+                          # allocator maps fresh pages for every large temporary; docs/engines.md)
 
 
-def auto_batch_size(model, device, free_bytes: int | None = None) -> int:
-    """Sequences per batch from free GPU memory (``eval.batch_size=0``); 32 on CPU.
-
-    Per token: the KV cache, a few hidden-sized activations, and three vocabulary-sized rows
-    (logits, log-softmax, probabilities) at a scored position. A rough estimate on purpose,
-    using 60% of free memory: a batch that still runs out of memory is halved and retried.
-    """
+def memory_budget(device, budget_gb: float = 0.0, free_bytes: int | None = None) -> int:
+    """Bytes the evaluation may use beyond the weights: ``budget_gb`` when set, else 1.5 GiB on
+    CPU and 60% of the free memory on GPU."""
+    if budget_gb and budget_gb > 0:
+        return int(budget_gb * 2**30)
     if device.type != "cuda":
-        return CPU_BATCH
+        return int(CPU_BUDGET_GB * 2**30)
     if free_bytes is None:
         free_bytes, _ = torch.cuda.mem_get_info(device)
+    return int(GPU_BUDGET_SHARE * free_bytes)
+
+
+def token_bytes(model, full_logits: bool = False) -> int:
+    """Memory one token of a batch costs in a forward pass: its KV cache, a few hidden-sized and
+    MLP-sized activations of the layer being computed, and, where the model returns logits at
+    every position, three vocabulary-sized float32 rows (logits, their kept copy, slack)."""
     c = model.config
     width = next(model.parameters()).element_size()
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
-    per_token = (2 * c.num_hidden_layers * kv_heads * head_dim * width + 12 * c.hidden_size * width
-                 + 3 * c.vocab_size * 4)
-    return int(max(1, min(256, 0.6 * free_bytes // (per_token * NOMINAL_TOKENS))))
+    inner = getattr(c, "intermediate_size", None) or 4 * c.hidden_size
+    per_token = 2 * c.num_hidden_layers * kv_heads * head_dim * width + (12 * c.hidden_size + 4 * inner) * width
+    return per_token + (3 * c.vocab_size * 4 if full_logits else 0)
+
+
+def scored_position_bytes(model) -> int:
+    """Float32 vocabulary rows alive at once when one position is scored: logits, log-softmax,
+    probabilities, and two products (see ``_token_scores``)."""
+    return 5 * model.config.vocab_size * 4
+
+
+def auto_batch_size(model, device, free_bytes: int | None = None, budget_gb: float = 0.0) -> int:
+    """Sequences per batch from the memory budget on GPU (``eval.batch_size=0``); 32 on CPU.
+
+    The budget (by default 60% of free memory) over the per-token cost of ``token_bytes`` at
+    NOMINAL_TOKENS tokens a sequence; the vocabulary-sized work is chunked under the same
+    budget, so it does not grow with the batch. A rough estimate on purpose: a batch that still
+    runs out of memory is halved and retried, and longer texts get fewer rows (``_rows_that_fit``).
+    """
+    if device.type != "cuda":
+        return CPU_BATCH
+    budget = memory_budget(device, budget_gb, free_bytes)
+    return int(max(1, min(256, budget // (token_bytes(model) * NOMINAL_TOKENS))))
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -109,13 +139,26 @@ def _is_oom(exc: BaseException) -> bool:
 class HFEngine:
     """Evaluates one model; ``batch_size`` is the number of sequences per forward pass."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 16, max_length: int = 2048, share_prompts: bool = True):
+    def __init__(self, model, tokenizer, batch_size: int = 16, max_length: int = 2048, share_prompts: bool = True,
+                 memory_budget_gb: float = 0.0):
         self.model, self.tokenizer = model, tokenizer
         self.device = next(model.parameters()).device
-        self.batch_size = batch_size if batch_size > 0 else auto_batch_size(model, self.device)
+        # The budget bounds what one batch may hold beyond the weights: a quarter for the
+        # vocabulary-sized rows of the scored positions (computed in chunks), the rest for the
+        # batch's tokens (``_rows_that_fit``); on GPU it also sizes the default batch.
+        self.memory_budget = memory_budget(self.device, memory_budget_gb)
+        self.batch_size = batch_size if batch_size > 0 else auto_batch_size(model, self.device, budget_gb=memory_budget_gb)
+        self.chunk = max(1, self.memory_budget // 4 // scored_position_bytes(model))
+        if self.device.type != "cuda":
+            self.chunk = min(self.chunk, CPU_MAX_CHUNK)
         self.max_length = max_length
         self.share_prompts = share_prompts   # run a prompt once for all continuations scored under it
         self.sort_by_length = True           # batch similar lengths together (off only for the naive baseline)
+        self.drop_finished = True            # finished rows leave a generation batch (off only for the naive baseline)
+        # Whole texts are right-padded: in a causal model no real token attends to the pads after
+        # it, so the padding mask is not needed and attention may skip the masked-out half
+        # (same outputs, measured bit for bit; off only for the naive baseline).
+        self.causal_only = True
         self.head_at_kept_positions = (
             getattr(getattr(model, "config", None), "model_type", None) in HEAD_ONLY_AT_KEPT_POSITIONS
             and hasattr(model, "base_model_prefix") and hasattr(model, "get_output_embeddings")
@@ -135,22 +178,54 @@ class HFEngine:
             "max_length": self.max_length, "torch": torch.__version__, "transformers": transformers.__version__,
         }
 
+    def describe(self) -> dict:
+        """How this engine ran (for records and ``harness bench``); not part of the cache key."""
+        return {"memory_budget_gb": round(self.memory_budget / 2**30, 3), "position_chunk": self.chunk,
+                "batch_size": self.batch_size, "drop_finished_rows": self.drop_finished}
+
+    def _rows_that_fit(self, widths: list[int]) -> int:
+        """How many of the next rows (token counts ``widths``, in batch order) fit the budget
+        together (at least one): rows x longest x the per-token cost within 3/4 of it."""
+        per_token = token_bytes(self.model, full_logits=not self.head_at_kept_positions)
+        room, longest = 0.75 * self.memory_budget, 0
+        for n, width in enumerate(widths):
+            longest = max(longest, width)
+            if n and (n + 1) * longest * per_token > room:
+                return n
+        return len(widths)
+
     # --- log-probs -------------------------------------------------------------------------
     def _forward(self, ids, mask, positions, keep, past=None, use_cache=False):
-        """Logits at the ``keep`` positions only (row-major), and the KV cache when asked for.
+        """Features at the ``keep`` positions only (row-major), and the KV cache when asked for.
 
-        For decoder families whose logits are exactly ``lm_head(last hidden state)`` the head
-        runs on the kept positions alone; it is a fifth of a small model's per-token compute
-        and most positions of a scored text are not scored. Other models get the full logits.
+        For decoder families whose logits are exactly ``lm_head(last hidden state)`` the
+        features are hidden states and the head runs later, chunk by chunk, on the kept
+        positions alone (``_logits``); it is a fifth of a small model's per-token compute and
+        most positions of a scored text are not scored. Other models give their full logits.
         """
         kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=use_cache)
         if self.head_at_kept_positions:
             out = getattr(self.model, self.model.base_model_prefix)(**kwargs)
-            logits = self.model.get_output_embeddings()(out.last_hidden_state[keep])
+            features = out.last_hidden_state[keep]
         else:
             out = self.model(**kwargs)
-            logits = out.logits[keep]
-        return logits, (out.past_key_values if use_cache else None)
+            features = out.logits[keep]
+        return features, (out.past_key_values if use_cache else None)
+
+    def _logits(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model.get_output_embeddings()(features) if self.head_at_kept_positions else features
+
+    def _token_scores(self, features: torch.Tensor, tokens: torch.Tensor, counts: list[int]) -> list[TokenScores]:
+        """Scores of the kept positions, ``self.chunk`` positions at a time (bounded memory)."""
+        parts = [_token_scores(self._logits(features[s : s + self.chunk]), tokens[s : s + self.chunk])
+                 for s in range(0, features.shape[0], self.chunk)]
+        logp, match, mu, sigma = (torch.cat(p).tolist() for p in zip(*parts)) if parts else ([], [], [], [])
+        out, offset = [], 0
+        for n in counts:
+            sl = slice(offset, offset + n)
+            out.append(TokenScores(logp[sl], match[sl], mu[sl], sigma[sl]))
+            offset += n
+        return out
 
     def _score_group(self, encoded: list[tuple[list[int], list[int]]]) -> list[TokenScores]:
         """Whole texts in one right-padded forward pass."""
@@ -164,8 +239,9 @@ class HFEngine:
         scored = target != IGNORE
         keep = torch.cat([scored, torch.zeros_like(scored[:, :1])], dim=1)  # position t predicts token t+1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits, _ = self._forward(ids.to(self.device), mask.to(self.device), positions.to(self.device), keep)
-        return _token_scores(logits, target[scored], scored.sum(1).tolist())
+        attention = None if self.causal_only else mask.to(self.device)
+        features, _ = self._forward(ids.to(self.device), attention, positions.to(self.device), keep)
+        return self._token_scores(features, target[scored], scored.sum(1).tolist())
 
     def _score_shared_prompts(self, prompts: list[list[int]], rows: list[tuple[int, list[int]]]) -> list[TokenScores]:
         """Continuations that share prompts: each prompt runs once, its KV cache serves them all.
@@ -182,7 +258,7 @@ class HFEngine:
         p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)
         last = torch.zeros_like(p_mask, dtype=torch.bool)
         last[:, -1] = True
-        first_logits, cache = self._forward(p_ids.to(self.device), p_mask.to(self.device), p_pos.to(self.device), last.to(self.device), use_cache=True)
+        first, cache = self._forward(p_ids.to(self.device), p_mask.to(self.device), p_pos.to(self.device), last.to(self.device), use_cache=True)
 
         owner = torch.tensor([p for p, _ in rows])
         c_width = max(len(c) for _, c in rows)
@@ -196,7 +272,7 @@ class HFEngine:
         positions = lengths[:, None] + torch.arange(c_width)[None, :]
         keep = torch.zeros_like(c_mask, dtype=torch.bool)   # continuation token j predicts token j+1
         keep[:, :-1] = c_mask[:, 1:].bool()
-        rest_logits, _ = self._forward(c_ids.to(self.device), mask.to(self.device), positions.to(self.device), keep.to(self.device), past=cache)
+        rest, _ = self._forward(c_ids.to(self.device), mask.to(self.device), positions.to(self.device), keep.to(self.device), past=cache)
 
         # Reassemble row-major: each row's first token from its prompt, the rest from its own pass.
         counts = c_mask.sum(1).tolist()
@@ -205,8 +281,8 @@ class HFEngine:
             order.append(int(owner[row]))
             order.extend(range(offset, offset + n - 1))
             offset += n - 1
-        logits = torch.cat([first_logits, rest_logits])[torch.tensor(order, device=self.device)]
-        return _token_scores(logits, c_ids[c_mask.bool()].to(self.device), counts)
+        features = torch.cat([first, rest])[torch.tensor(order, device=self.device)]
+        return self._token_scores(features, c_ids[c_mask.bool()].to(self.device), counts)
 
     @torch.inference_mode()
     def generate(self, requests: list[GenerationRequest], progress=None) -> list[str]:
@@ -225,7 +301,7 @@ class HFEngine:
                 if setting(order[start + len(group)]) != setting(order[start]):
                     break
                 group.append(order[start + len(group)])
-            return group
+            return group[: self._rows_that_fit([len(encoded[i]) + requests[i].max_new_tokens for i in group])]
 
         def work(group: list[int]) -> list[str]:
             prompts = [encoded[i] for i in group]
@@ -266,6 +342,10 @@ class HFEngine:
             cache = copy.deepcopy(self._prefix_cache(prefix, caches))
             cache.batch_repeat_interleave(len(prompts))
             extra["past_key_values"] = cache
+        if self.drop_finished and plain_greedy(self.model):
+            rows = self._greedy(ids.to(self.device), mask.to(self.device), n, head, extra.get("past_key_values"))
+            texts = tok.batch_decode(rows, skip_special_tokens=True, clean_up_tokenization_spaces=head.clean_up_spaces)
+            return [truncate_at_stop(t, head.stop) if head.stop else t for t in texts]
         generated = self.model.generate(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
@@ -279,6 +359,53 @@ class HFEngine:
         texts = tok.batch_decode(generated[:, n + width :], skip_special_tokens=True,
                                  clean_up_tokenization_spaces=head.clean_up_spaces)
         return [truncate_at_stop(t, head.stop) if head.stop else t for t in texts]
+
+    def _greedy(self, ids, mask, cached: int, head: GenerationRequest, cache=None) -> list[list[int]]:
+        """Greedy decoding in which a row leaves the batch as soon as it ends (EOS or a stop
+        string), so finished rows stop costing; ``model.generate`` keeps decoding them until the
+        batch's longest answer ends. The stop check decodes only each row's last few tokens.
+
+        Same inputs as ``model.generate`` gets (left padding, positions from the attention mask,
+        the first ``cached`` tokens already in ``cache``) and the same argmax, so the same text.
+        """
+        eos = self.tokenizer.eos_token_id
+        window = max((len(s) for s in head.stop), default=0) + 8   # tokens: each adds >= 1 character
+        live, out = list(range(ids.shape[0])), [[] for _ in range(ids.shape[0])]
+        step_ids = ids[:, cached:]
+        positions = ((mask.cumsum(-1) - 1).clamp(min=0))[:, cached:]
+        for step in range(head.max_new_tokens):
+            logits, cache = self._last_logits(step_ids, mask, positions, cache)
+            chosen = logits.argmax(-1)
+            still = []
+            for j, token in enumerate(chosen.tolist()):
+                row = out[live[j]]
+                row.append(token)
+                if token != eos and not (head.stop and self._ends_in_stop(row[-window:], head.stop)):
+                    still.append(j)
+            if not still or step == head.max_new_tokens - 1:
+                break
+            if len(still) < len(live):   # drop finished rows from the cache, mask and next input
+                keep = torch.tensor(still, device=ids.device)
+                cache.batch_select_indices(keep)
+                mask, chosen, live = mask[keep], chosen[keep], [live[j] for j in still]
+            mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
+            step_ids, positions = chosen[:, None], mask.sum(1, keepdim=True) - 1
+        return out
+
+    def _last_logits(self, ids, mask, positions, cache):
+        """Next-token logits (float32) at the last position, and the updated KV cache."""
+        kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+        if self.head_at_kept_positions:
+            out = getattr(self.model, self.model.base_model_prefix)(**kwargs)
+            logits = self.model.get_output_embeddings()(out.last_hidden_state[:, -1])
+        else:
+            out = self.model(**kwargs)
+            logits = out.logits[:, -1]
+        return logits.float(), out.past_key_values
+
+    def _ends_in_stop(self, tail: list[int], stops: tuple[str, ...]) -> bool:
+        text = self.tokenizer.decode(tail, skip_special_tokens=True)
+        return any(s and s in text for s in stops)
 
     def _in_batches(self, order: list[int], next_group, work, progress, desc: str) -> dict:
         """Run ``work`` on consecutive groups of ``order``; returns {request index: result}.
@@ -328,7 +455,10 @@ class HFEngine:
         results: list = [None] * len(requests)
         if alone:
             order = sorted(alone, key=lambda i: len(encoded[i][0])) if self.sort_by_length else alone
-            next_group = lambda start: order[start : start + self.batch_size]  # noqa: E731
+            def next_group(start: int) -> list[int]:
+                group = order[start : start + self.batch_size]
+                return group[: self._rows_that_fit([len(encoded[i][0]) for i in group])]
+
             work = lambda group: self._score_group([encoded[i] for i in group])  # noqa: E731
             for i, scores in self._in_batches(order, next_group, work, progress, "log-probs").items():
                 results[i] = scores
@@ -362,6 +492,7 @@ class HFEngine:
         def next_group(start: int) -> list[int]:
             """Whole groups up to the batch size; a group that alone exceeds it is split."""
             end = min(start + self.batch_size, len(flat))
+            end = start + self._rows_that_fit([len(encoded[i][0]) for i in flat[start:end]])
             cut = max((b for b in range(start + 1, end + 1) if b in bounds), default=end)
             return flat[start:cut]
 
@@ -379,6 +510,25 @@ class HFEngine:
 
 # Model types whose logits are exactly lm_head(final hidden state): no logit scaling or soft-capping.
 HEAD_ONLY_AT_KEPT_POSITIONS = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi", "phi3", "olmo", "olmo2", "gpt_neox", "smollm3"})
+
+
+# Generation settings under which greedy decoding is a plain argmax of the logits; a model whose
+# generation_config sets any of them (a repetition penalty, banned words...) uses model.generate.
+PENALTIES = ("repetition_penalty", "encoder_repetition_penalty", "guidance_scale")   # neutral at 1
+LOGIT_PROCESSING = ("no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "min_length", "min_new_tokens",
+                    "bad_words_ids", "forced_bos_token_id", "forced_eos_token_id", "suppress_tokens",
+                    "begin_suppress_tokens", "sequence_bias", "exponential_decay_length_penalty",
+                    "watermarking_config", "remove_invalid_values")   # neutral when unset
+
+
+def plain_greedy(model) -> bool:
+    """Whether greedy decoding of ``model`` is a plain argmax of its logits: no setting of its
+    generation_config (a repetition penalty, banned words...) changes them; else model.generate."""
+    config = getattr(model, "generation_config", None)
+    if config is None:
+        return False
+    return (all(getattr(config, name, None) in (None, 1) for name in PENALTIES)
+            and all(not getattr(config, name, None) for name in LOGIT_PROCESSING))
 
 
 MIN_SHARED_PREFIX = 64   # tokens: shorter shared prompt prefixes are not worth a separate cache
@@ -426,17 +576,13 @@ def _prompt_groups(requests, encoded, max_length: int) -> tuple[dict[tuple, list
     return shared, [i for i in range(len(requests)) if i not in in_shared]
 
 
-def _token_scores(logits: torch.Tensor, tokens: torch.Tensor, counts: list[int]) -> list[TokenScores]:
-    """Per-token log p, greedy match and the mean/std of log p under the model (Min-K%++)."""
+def _token_scores(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per position: log p of the token, greedy match, and the mean/std of log p under the
+    model (Min-K%++). Row-wise only, so a chunk of positions gives the same bits as the whole."""
     rows = F.log_softmax(logits.float(), dim=-1)
     logp = rows.gather(1, tokens.unsqueeze(1)).squeeze(1)
     match = rows.argmax(-1) == tokens
     probs = rows.exp()
     mu = (probs * rows).sum(-1)
     sigma = ((probs * rows.square()).sum(-1) - mu.square()).clamp(min=0).sqrt()
-    out, offset = [], 0
-    for n in counts:
-        sl = slice(offset, offset + n)
-        out.append(TokenScores(logp[sl].tolist(), match[sl].tolist(), mu[sl].tolist(), sigma[sl].tolist()))
-        offset += n
-    return out
+    return logp, match, mu, sigma

@@ -13,7 +13,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gc
+import importlib
 import shutil
+import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -22,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 
-from harness import codeversion, distributed, selection, truncation, validation
+from harness import codeversion, distributed, selection, threads, truncation, validation
 from harness import config as cfgmod
 from harness.claims import Claims, claim_cell, owner_label
 from harness.config import EvalConfig
@@ -116,6 +119,9 @@ class Runner:
         self.overrides = cfgmod.normalise_overrides(req.overrides, sections)
         self.bench = self.bench_cls(cfgmod.build(self.bench_cls.Config, "benchmark", [self.overrides]), req.data_dir, req.limit)
         self.eval_cfg = cfgmod.build(EvalConfig, "eval", [self.overrides])
+        if self.eval_cfg.memory_budget_gb < 0:
+            raise HarnessError(f"eval.memory_budget_gb must be 0 (the default budget) or a positive number of GiB, "
+                               f"got {self.eval_cfg.memory_budget_gb:g}.")
         self.utility_key = getattr(self.bench_cls, "utility_key", None)  # a benchmark may name its utility column
         self.rule = selection.validate(self.eval_cfg.select, self.eval_cfg.per_epoch, self.bench_cls.columns,
                                        utility_key=self.utility_key)
@@ -167,6 +173,8 @@ class Runner:
     def _base_config(self, reference: bool = False) -> dict[str, Any]:
         """Settings that identify a cell; a reference row does not depend on how methods are selected."""
         evaluation = dataclasses.asdict(self.eval_cfg)
+        for key in EVAL_NOT_IN_IDENTITY:   # recorded under "eval_runtime" instead
+            evaluation.pop(key)
         if reference:  # per-epoch evaluation and selection only concern unlearning runs
             for key in REFERENCE_IGNORES_EVAL:
                 evaluation.pop(key)
@@ -303,6 +311,7 @@ class Runner:
             "overrides": self.req.overrides, "settings": settings or "evaluation only",
             "data": self.bench.data_info(), "versions": versions(), "commit": git_commit(), "device": str(self.device),
             **({"code": code} if code else {}),
+            "threads": threads.describe(),
         }
         if self.ranks.world_size > 1:
             record["processes"] = self.ranks.world_size   # not part of the cell: the result does not depend on it
@@ -392,7 +401,8 @@ class Runner:
 
     def _engine(self, loaded):
         """The HF engine, behind the evaluation cache unless the run turned it off."""
-        engine = HFEngine(loaded.model, loaded.tokenizer, self.eval_cfg.batch_size, self.eval_cfg.max_length)
+        engine = HFEngine(loaded.model, loaded.tokenizer, self.eval_cfg.batch_size, self.eval_cfg.max_length,
+                          memory_budget_gb=self.eval_cfg.memory_budget_gb)
         if not self.req.eval_cache:
             return engine
         key = model_key(loaded.model, loaded.tokenizer, engine.settings())
@@ -401,6 +411,8 @@ class Runner:
     def _evaluate(self, loaded, reference, self_reference: bool = False) -> dict:
         engine = self._engine(loaded)
         self.bench.use_tokenizer(loaded.tokenizer)
+        hf = getattr(engine, "engine", engine)   # behind the evaluation cache
+        prefetch_imports(SLOW_SCORING_IMPORTS)
         started = time.perf_counter()
         outputs = run_plan(engine, self.bench.eval_plan(), self.progress)
         scores = self.bench.score(outputs, reference)
@@ -415,6 +427,7 @@ class Runner:
             "resolved_settings": self.bench.resolved_settings(),
             "timings": {**outputs.timings, "eval_s": round(time.perf_counter() - started, 3)},
             "eval_counts": {**outputs.counts, **getattr(engine, "counts", {})},
+            "eval_runtime": {**(hf.describe() if hasattr(hf, "describe") else {}), **threads.describe()},
         }
 
     def _eval_truncation(self, tokenizer) -> dict[str, int]:
@@ -439,6 +452,19 @@ class Runner:
             torch.cuda.empty_cache()
 
 
+#: imports that scoring needs and that take seconds (rouge_score pulls in nltk and scikit-learn)
+SLOW_SCORING_IMPORTS = ("rouge_score.rouge_scorer",)
+
+
+def prefetch_imports(modules) -> None:
+    """Import ``modules`` in a background thread while the evaluation's forward passes run
+    (they release the GIL), instead of after them: ``harness eval`` finishes sooner."""
+    missing = [m for m in modules if m not in sys.modules]
+    if missing:
+        threading.Thread(target=lambda: [importlib.import_module(m) for m in missing], daemon=True,
+                         name="prefetch-imports").start()
+
+
 class MethodSettingsError(Exception):
     """A method refused its settings on this data (e.g. SGA's K above the retain items).
 
@@ -449,6 +475,8 @@ class MethodSettingsError(Exception):
 
 #: eval settings that change how method rows are chosen, never a reference row's scores
 REFERENCE_IGNORES_EVAL = ("per_epoch", "select")
+#: eval settings that change speed and memory, not scores: not part of a cell's identity
+EVAL_NOT_IN_IDENTITY = ("memory_budget_gb",)
 
 
 class PerEpoch:

@@ -64,4 +64,10 @@ def test_bench_command_prints_figures_and_a_scriptable_last_line(capsys):
     text = "\n".join(lines)
     assert re.search(r"^generation\s+\|\s+[\d.]+ \|", text, re.M) and re.search(r"^log-prob\s+\|", text, re.M)
     assert re.search(r"^npo\s+\|\s+[\d.]+ \|\s+[\d.]+ \|\s+1 \|\s+0 \|", text, re.M)
-    assert "peak memory after training" in text
+    assert "peak memory of the training steps" in text
+    # Per-stage peak memory (reset at each stage), the budget and chunk size, the thread count and why.
+    assert re.search(r"^log-prob\s+\|.*\|\s+\d+ \|\s+\d+$", text, re.M)
+    assert re.search(r"^peak memory of the evaluation stage: \d+ MiB \(naive baseline: \d+ MiB\)$", text, re.M)
+    assert re.search(r"memory budget 1\.5 GiB \(eval\.memory_budget_gb\), scored positions per chunk \d+", text)
+    assert re.search(r"torch threads 1 \(OMP_NUM_THREADS\)", text)
+    assert "same texts: yes" in text

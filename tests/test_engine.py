@@ -160,19 +160,22 @@ def test_head_on_scored_positions_only_equals_full_logits(tiny):
     assert _max_gap(fast.logprobs(requests), full.logprobs(requests)) < 1e-5
 
 
-def test_auto_batch_size_follows_free_memory_and_is_32_on_cpu(tiny):
-    from harness.engine import CPU_BATCH, auto_batch_size
+def test_auto_batch_size_follows_the_memory_budget_and_is_32_on_cpu(tiny):
+    from harness.engine import CPU_BATCH, auto_batch_size, memory_budget
 
     model, tok = tiny
     assert auto_batch_size(model, torch.device("cpu")) == CPU_BATCH == HFEngine(model, tok, batch_size=0).batch_size
     gpu = torch.device("cuda")
-    c = model.config
+    c = model.config   # hand count: KV cache + 12 hidden-sized and 4 MLP-sized fp32 activations per token
     per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 4 \
-        + 12 * c.hidden_size * 4 + 3 * c.vocab_size * 4
+        + (12 * c.hidden_size + 4 * c.intermediate_size) * 4
     free = 10 * per_token * 512
     assert auto_batch_size(model, gpu, free_bytes=free) == 6          # 60% of room for 10 sequences
+    assert auto_batch_size(model, gpu, free_bytes=free, budget_gb=3 * per_token * 512 / 2**30) == 3   # explicit budget
     assert auto_batch_size(model, gpu, free_bytes=1) == 1             # never below one
     assert auto_batch_size(model, gpu, free_bytes=10**15) == 256      # never above 256
+    assert memory_budget(torch.device("cpu")) == int(1.5 * 2**30)
+    assert memory_budget(gpu, 0.0, free_bytes=1000) == 600 and memory_budget(gpu, 2.0) == 2 * 2**30
 
 
 def test_generation_from_a_shared_prefix_cache_equals_plain_generation(tiny):
@@ -191,3 +194,86 @@ def test_generation_from_a_shared_prefix_cache_equals_plain_generation(tiny):
     single = [HFEngine(model, tok, batch_size=1, share_prompts=False).generate([r])[0] for r in requests]
     assert shared == plain == single
     assert built and min(built) >= len(tok(shots)["input_ids"])   # the whole few-shot block was cached
+
+
+@pytest.mark.parametrize("head_only", [True, False])
+def test_chunked_scoring_gives_the_same_scores_as_one_pass(tiny, head_only):
+    """The vocabulary-sized work runs a few positions at a time; outputs agree to float rounding
+    (a matrix product over 3 rows may round differently from one over all of them)."""
+    model, tok = tiny
+    requests = [LogprobRequest("", "a whole text scored at every position, long enough for several chunks"),
+                LogprobRequest("Question: who?\nAnswer:", " Zorb the third"), LogprobRequest("Question: who?\nAnswer:", " no")]
+    whole = HFEngine(model, tok, batch_size=8)
+    whole.chunk = 10**6
+    chunked = HFEngine(model, tok, batch_size=8)
+    chunked.chunk = 3
+    seen = []
+    original = chunked._logits
+    chunked._logits = lambda features: seen.append(features.shape[0]) or original(features)
+    whole.head_at_kept_positions = chunked.head_at_kept_positions = head_only
+    a, b = chunked.logprobs(requests), whole.logprobs(requests)
+    assert [s.greedy_match for s in a] == [s.greedy_match for s in b]
+    for field, tolerance in (("logprobs", 1e-5), ("mu", 1e-5), ("sigma", 1e-4)):   # sigma: E[r^2] - mu^2 cancels
+        assert max(abs(x - y) for s, t in zip(a, b) for x, y in zip(getattr(s, field), getattr(t, field))) < tolerance
+    assert seen and max(seen) == 3 and sum(seen) > 3 * 10   # many chunks, none larger than asked
+
+
+def test_whole_texts_without_the_padding_mask_score_the_same(tiny):
+    """Right padding in a causal model: no real token sees the pads, so the mask changes nothing."""
+    model, tok = tiny
+    requests = [LogprobRequest("", "a short text"), LogprobRequest("", "a much longer text, padded far less than the other")]
+    masked = HFEngine(model, tok, share_prompts=False)
+    masked.causal_only = False
+    a, b = HFEngine(model, tok, share_prompts=False).logprobs(requests), masked.logprobs(requests)
+    assert [s.greedy_match for s in a] == [s.greedy_match for s in b]
+    assert _max_gap(a, b) < 1e-6
+
+
+def test_a_small_memory_budget_gives_smaller_batches_and_the_same_scores(tiny):
+    from harness.engine import token_bytes
+
+    model, tok = tiny
+    requests = [LogprobRequest("", "x" * n) for n in (40, 80, 120, 160)] + [LogprobRequest("Q:", f" answer {i}") for i in range(4)]
+    roomy = HFEngine(model, tok, batch_size=8)
+    # Room (3/4 of the budget) for about 130 tokens of the tiny model: one long text per batch.
+    tight = HFEngine(model, tok, batch_size=8, memory_budget_gb=130 * token_bytes(model) / 0.75 / 2**30)
+    rows = []
+    original = tight._score_group
+    tight._score_group = lambda encoded: rows.append([len(ids) for ids, _ in encoded]) or original(encoded)
+    a, b = roomy.logprobs(requests), tight.logprobs(requests)
+    assert all(len(r) * max(r) <= 130 or len(r) == 1 for r in rows) and len(rows) >= 3
+    assert [s.greedy_match for s in a] == [s.greedy_match for s in b]
+    assert _max_gap(a, b) < 1e-5
+
+
+def test_finished_rows_leave_the_batch_and_the_text_equals_model_generate(tiny):
+    model, tok = tiny
+    free = HFEngine(model, tok, batch_size=1).generate([GenerationRequest(p, 24) for p in PROMPTS])
+    # Stops that end each row at a different step (one row never stops), like MUSE KnowMem answers.
+    stops = (free[0][2:4], free[2][9:11])
+    requests = [GenerationRequest(p, 24, stops) for p in PROMPTS] + [GenerationRequest(p, 7) for p in PROMPTS]
+    engine = HFEngine(model, tok, batch_size=8)
+    rows = []
+    original = engine._last_logits
+    engine._last_logits = lambda ids, *rest: rows.append(ids.shape[0]) or original(ids, *rest)
+    fast = engine.generate(requests)
+    plain = HFEngine(model, tok, batch_size=8)
+    plain.drop_finished = False   # transformers' generate with the full-text stop check
+    assert fast == plain.generate(requests)
+    assert fast[0] == free[0][: free[0].index(stops[0])] and len(fast[2]) < len(free[2])
+    assert rows[:7] == [3] * 7                # the 7-token batch first (batches sorted by settings)
+    stopping = rows[7:]                       # then the stop-string batch: rows leave as they end
+    assert stopping[0] == 3 and stopping[-1] == 1 and stopping == sorted(stopping, reverse=True)
+
+
+def test_incremental_stop_check_matches_the_whole_text_check(tiny):
+    from harness.engine import StopOnStrings
+
+    model, tok = tiny
+    engine = HFEngine(model, tok)
+    ids = tok("ab\nQuestion: what", add_special_tokens=False)["input_ids"]
+    stops = ("\nQuestion", "zz")
+    full = StopOnStrings(tok, stops, 0)
+    for end in range(1, len(ids) + 1):
+        whole = bool(full(torch.tensor([ids[:end]]), None)[0])
+        assert engine._ends_in_stop(ids[:end][-(max(map(len, stops)) + 8):], stops) == whole
