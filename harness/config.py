@@ -24,6 +24,7 @@ class EvalConfig:
     max_length: int = 2048      # tokens per scored text
     per_epoch: bool = False     # also evaluate after every unlearning epoch (training curves)
     select: str = "last"        # checkpoint-selection rule applied to every method alike (see selection.py)
+    attacks: str = ""           # comma list of relearn, int8, int4: re-evaluate attacked copies (harness/attacks.py)
 
 
 def parse_set(pairs: list[str] | None) -> dict[str, str]:
