@@ -228,3 +228,6 @@ def test_run_with_attacks_records_them_and_renders_the_robustness_table(tmp_path
     # a second run skips every finished cell, and the table survives a re-render from the records
     assert main(args) == 0 and main(["leaderboard", "--results-dir", str(results)]) == 0
     assert (results / "LEADERBOARD.md").read_text() == board
+    pytest.importorskip("matplotlib")
+    assert main(["leaderboard", "--results-dir", str(results), "--plots"]) == 0
+    assert (results / "plots" / "robustness-synthetic-tiny-random.svg").is_file()
