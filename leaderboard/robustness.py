@@ -62,11 +62,13 @@ def attack_lines(rows, columns: Sequence[Column]) -> tuple[list[AttackLine], dic
     ordered = ([r for r in rows if r.kind == "reference" and r.method == "retain"]
                + [r for r in rows if r.kind == "method"])
     lines = []
+    seen = [r.label for r in ordered]
     for row in ordered:
+        label = row.label if seen.count(row.label) == 1 else f"{row.label} [{row.config_id}]"  # a sweep: one row per setting
         names = [n for n in ATTACKS if any(n in (rec.get("attacks") or {}) for rec in row.records)]
         for name in names:
             blocks = [(rec.get("attacks") or {})[name] for rec in row.records if name in (rec.get("attacks") or {})]
-            line = AttackLine(row.label, name, _mean(blocks, "unattacked"), _mean(blocks, "aggregates"),
+            line = AttackLine(label, name, _mean(blocks, "unattacked"), _mean(blocks, "aggregates"),
                               baseline=row.kind == "reference")
             if name in target:
                 line.recovery = recoveries(line.after, line.before, target[name], columns)
