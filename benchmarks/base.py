@@ -8,11 +8,13 @@ they are listed under ``missing`` with the reason, never reported as a silent No
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Collection
 
 from harness.batching import Example
+from harness.errors import HarnessError
 from harness.evaluation import EvalPlan, PlanOutputs
 from harness.leaderboard.columns import Column
 
@@ -85,6 +87,35 @@ class Benchmark:
         raise NotImplementedError
 
     def score(self, outputs: PlanOutputs, reference: dict[str, Any] | None) -> Scores:
+        raise NotImplementedError
+
+    # --- subsets of the forget set (the relearning attack, harness/attacks.py) ------------------
+    def forget_units(self) -> list[str]:
+        """Ids of the forget set's independent units (a person, an author, an article).
+
+        The relearning attack splits these into a half it trains on and a half it scores, so a unit
+        must hold everything that teaches its forget items: no item of one unit may be learnable
+        from another unit's training text.
+        """
+        raise HarnessError(
+            f"benchmark '{self.name}' does not say how to split its forget set, so the relearning attack cannot "
+            "run on it: leave relearn out of eval.attacks (int8/int4 work on every benchmark)."
+        )
+
+    def forget_subset(self, units: Collection[str]) -> "Benchmark":
+        """A copy whose forget training data and forget-side evaluation hold only ``units``' items.
+
+        Utility (retain) items and non-member texts are kept whole. Adapters implement
+        ``_keep_forget(units)``, which filters the copy's forget lists in place.
+        """
+        unknown = set(units) - set(self.forget_units())
+        if unknown:
+            raise HarnessError(f"benchmark '{self.name}': unknown forget unit(s) {', '.join(sorted(unknown))}.")
+        view = copy.copy(self)
+        view._keep_forget(frozenset(units))
+        return view
+
+    def _keep_forget(self, units: frozenset[str]) -> None:
         raise NotImplementedError
 
     def _cut(self, items: list) -> list:

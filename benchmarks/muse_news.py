@@ -260,6 +260,7 @@ class MuseNews(Benchmark):
         self._read: list[str] = []
         self._forget_chunks: list[str] | None = None
         self._retain_chunks: list[str] | None = None
+        self._memo: dict[str, Any] = {}
         c = self.config
         self.verbmem = self._cut(self._records("verbmem", "forget", ("prompt", "gt")))
         self.forget_qa = self._cut(self._records("knowmem", "forget_qa", ("question", "answer")))
@@ -401,6 +402,67 @@ class MuseNews(Benchmark):
                 "forget_articles": len(self.forget_articles), "retain_articles": len(self.retain_articles),
             },
         }
+
+    # --- forget subsets (relearning attack) -------------------------------------------------
+    # A unit is one forget article. MUSE's evaluation items carry no article id, so an item is
+    # assigned to every article it shares text with: VerbMem (prompt and gt) and PrivLeak texts to
+    # the articles that contain any run of SHARED_WORDS consecutive words of theirs, KnowMem items to
+    # the articles that contain their answer (case-insensitive). A subset keeps the items all of whose
+    # articles are in it, so nothing a scored item asks for is stated in the other half's articles; an
+    # item that shares no such run with any article (KnowMem answers absent from the text) is kept in
+    # every subset, since no training article states it. Runs found in 1% of the articles or more are
+    # page furniture ("This video can not be played To play this video you need to enable JavaScript
+    # ...", in 210 of 889) and assign nothing. The BBC articles overlap (live pages, updated stories),
+    # so most VerbMem and PrivLeak items span several articles: with the default 889 articles split in
+    # two, a scored half keeps about 15 of the 100 VerbMem items, 6 to 10 of the 100 PrivLeak forget
+    # texts (against all 100 holdout texts) and about 45 of the 100 KnowMem questions (measured on the
+    # offline copy, seeds 0 and 1): relearning scores on MUSE-News rest on few items.
+    SHARED_WORDS = 12
+
+    def forget_units(self) -> list[str]:
+        return [f"article-{i}" for i in range(len(self.forget_articles))]
+
+    def _sources(self) -> dict[str, list[frozenset[str]]]:
+        if "sources" in self._memo:   # shared with the subset copies (a shallow copy keeps the dict)
+            return self._memo["sources"]
+        n = self.SHARED_WORDS
+        index: dict[tuple[str, ...], set[str]] = {}
+        for j, article in enumerate(self.forget_articles):
+            words = article.split()
+            for i in range(max(1, len(words) - n + 1)):
+                index.setdefault(tuple(words[i : i + n]), set()).add(f"article-{j}")
+        lowered = [" ".join(a.split()).lower() for a in self.forget_articles]
+
+        furniture = max(2, len(self.forget_articles) // 100)   # a run in >= 1% of articles is page furniture
+
+        def by_text(text: str) -> frozenset[str]:
+            words = text.split()
+            found: set[str] = set()
+            for i in range(max(1, len(words) - n + 1)):
+                where = index.get(tuple(words[i : i + n]), set())
+                if len(where) < furniture:
+                    found |= where
+            return frozenset(found)
+
+        def by_answer(answer: str) -> frozenset[str]:
+            flat = " ".join(str(answer).split()).lower()
+            return frozenset(f"article-{j}" for j, a in enumerate(lowered) if flat and flat in a)
+
+        self._memo["sources"] = {
+            "verbmem": [by_text(r["prompt"]) | by_text(r["gt"]) for r in self.verbmem],
+            "knowmem": [by_answer(r["answer"]) for r in self.forget_qa],
+            "privleak": [by_text(t) for t in self.privleak_forget],
+        }
+        return self._memo["sources"]
+
+    def _keep_forget(self, units) -> None:
+        sources = self._sources()
+        keep = lambda items, key: [x for x, src in zip(items, sources[key]) if src <= units]  # noqa: E731
+        self.verbmem = keep(self.verbmem, "verbmem")
+        self.forget_qa = keep(self.forget_qa, "knowmem")
+        self.privleak_forget = keep(self.privleak_forget, "privleak")
+        self.forget_articles = [a for i, a in enumerate(self.forget_articles) if f"article-{i}" in units]
+        self._forget_chunks = None
 
     # --- evaluation ---------------------------------------------------------------------------
     def eval_plan(self) -> EvalPlan:

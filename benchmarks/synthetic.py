@@ -135,6 +135,16 @@ class Synthetic(Benchmark):
     def retain_train(self):
         return self._examples(self.retain_qa, self.retain_bio)
 
+    # --- forget subsets (relearning attack) ---------------------------------------------------
+    def forget_units(self):
+        """One unit per forget person: their QA items and biography go together (the biography
+        states every fact the QA items ask about, so splitting a person would re-inject answers)."""
+        return sorted({q.person for q in self.forget_qa} | {b.person for b in self.forget_bio})
+
+    def _keep_forget(self, units):
+        self.forget_qa = [q for q in self.forget_qa if q.person in units]
+        self.forget_bio = [b for b in self.forget_bio if b.person in units]
+
     # --- evaluation ----------------------------------------------------------------------
     @staticmethod
     def _split_bio(text: str) -> tuple[str, str]:

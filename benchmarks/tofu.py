@@ -106,6 +106,7 @@ HUB_ID = "locuslab/TOFU"
 RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 PROMPT_FORMATS = ("auto", "chat", "phi", "llama2")
 LEGACY_ITEMS = 300
+QA_PER_AUTHOR = 20    # TOFU: 200 authors x 20 questions, in order; forgetXX is the last XX% of them
 # Evaluation sets: name -> (file, short tag used in aggregate keys).
 EVAL_SETS = {
     "forget": (None, "f"),  # the file depends on the split: forgetXX_perturbed
@@ -344,6 +345,21 @@ class Tofu(Benchmark):
 
     def retain_train(self) -> list[Example]:
         return [self._example(q) for q in self.retain_qa]
+
+    # --- forget subsets (relearning attack) ------------------------------------------------
+    def _author(self, item: TofuItem) -> str:
+        """A forget item's author: TOFU lists each author's 20 questions together, so row i of
+        forgetXX (and of forgetXX_perturbed, in the same order) belongs to author i // 20."""
+        return f"author-{int(item.id.rsplit('-', 1)[1]) // QA_PER_AUTHOR}"
+
+    def forget_units(self) -> list[str]:
+        """One unit per fictitious author: questions about the same author share facts (name, books,
+        parents), so a split by question would let the relearn half teach the scored half."""
+        return sorted({self._author(q) for q in self.forget_qa} | {self._author(q) for q in self.eval_sets["forget"]})
+
+    def _keep_forget(self, units) -> None:
+        self.forget_qa = [q for q in self.forget_qa if self._author(q) in units]
+        self.eval_sets = {**self.eval_sets, "forget": [q for q in self.eval_sets["forget"] if self._author(q) in units]}
 
     # --- evaluation ------------------------------------------------------------------------
     def eval_plan(self) -> EvalPlan:

@@ -228,6 +228,9 @@ def cmd_eval(args) -> int:
     req = _request(args, methods="all", target=args.model, retain=args.retain, results_dir=args.results_dir,
                    force=args.force, save_models=False)
     runner, summary, reference = Runner(req, _progress(), _log), RunSummary(), None
+    if runner.attacks:
+        raise HarnessError("eval.attacks attacks unlearned models and the retain baseline inside `harness run`; "
+                           "`harness eval` scores a model as the target row, which is never attacked. Leave it out here.")
     try:
         if args.retain:
             retain_record = runner.reference_cell("retain", args.retain, None, summary)

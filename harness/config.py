@@ -26,6 +26,7 @@ class EvalConfig:
                                     # 60% of free memory on GPU (changes speed and memory, not scores)
     per_epoch: bool = False     # also evaluate after every unlearning epoch (training curves)
     select: str = "last"        # checkpoint-selection rule applied to every method alike (see selection.py)
+    attacks: str = ""           # comma list of relearn, int8, int4: re-evaluate attacked copies (harness/attacks.py)
 
 
 def parse_set(pairs: list[str] | None) -> dict[str, str]:

@@ -27,6 +27,7 @@ import torch
 
 from harness import codeversion, distributed, selection, threads, truncation, validation
 from harness import config as cfgmod
+from harness.attacks import AttackConfig, Attacks, parse_attacks
 from harness.claims import Claims, claim_cell, owner_label
 from harness.config import EvalConfig
 from harness.engine import HFEngine
@@ -114,6 +115,7 @@ class Runner:
         self.method_cls = {m: METHODS.get(m) for m in self.methods}
         sections = {
             "train": TrainConfig, "finetune": TrainConfig, "eval": EvalConfig, "benchmark": self.bench_cls.Config,
+            "attack": AttackConfig,
             **{m: cls.Config for m, cls in self.method_cls.items()},
         }
         self.overrides = cfgmod.normalise_overrides(req.overrides, sections)
@@ -130,6 +132,12 @@ class Runner:
         self.finetune_cfg = cfgmod.build(TrainConfig, "finetune", [ft_defaults, self.overrides])
         self.results_dir = Path(req.results_dir) if req.results_dir is not None else None
         self._check_needs()
+        attack_names = parse_attacks(self.eval_cfg.attacks)   # validated up front, like everything above
+        if "relearn" in attack_names and self.ranks.world_size > 1:
+            raise HarnessError("the relearn attack fine-tunes on the main process alone, which a multi-process launch "
+                               "cannot do yet: run it without accelerate/torchrun, or keep only int8/int4 here.")
+        self.attacks = Attacks(attack_names, cfgmod.build(AttackConfig, "attack", [self.overrides]), self.bench,
+                               self.finetune_cfg, req.seed, self.bench_cls.columns, self.log) if attack_names else None
         self.model_label = req.model if not (req.target and req.model == RunRequest.model) else req.target
         validation.check_before_work(self, self.output_folders())
         self.summary = RunSummary()   # what finished so far, for the message when the run is interrupted
@@ -178,12 +186,15 @@ class Runner:
         if reference:  # per-epoch evaluation and selection only concern unlearning runs
             for key in REFERENCE_IGNORES_EVAL:
                 evaluation.pop(key)
+        if not evaluation.get("attacks"):  # runs without attacks keep the config ids they always had
+            evaluation.pop("attacks", None)
+        attacks = {"attack": self.attacks.settings()} if self.attacks else {}
         return {
             "benchmark": self.bench.name, "benchmark_config": dataclasses.asdict(self.bench.config),
             "data_fingerprint": self.bench.data_info().get("fingerprint"), "limit": self.req.limit,
             "model": self.model_label, "target": self.req.target, "retain": self.req.retain,
             "finetune": None if self.req.target else dataclasses.asdict(self.finetune_cfg),
-            "eval": evaluation,
+            "eval": evaluation, **attacks,
         }
 
     # --- the run -----------------------------------------------------------------------------
@@ -198,10 +209,14 @@ class Runner:
         if has_retain:
             rec = self.reference_cell("retain", retain_spec, None, summary)
             reference = rec.get("reference_values") if rec else None
+            if self.attacks:
+                self.attacks.remember("retain", rec)
             self.retain_aggregates = rec.get("aggregates") if rec else None
         else:
             self.log("note: no retain model given; forget quality and PrivLeak cannot be computed (pass --retain PATH).")
-        self.reference_cell("target", target_spec, reference, summary)
+        rec = self.reference_cell("target", target_spec, reference, summary)
+        if self.attacks:
+            self.attacks.remember("target", rec)
         for name in self.methods:
             self.method_cell(name, target_spec, reference, summary)
         if self.ranks.is_main:
@@ -236,6 +251,10 @@ class Runner:
             rec = rec or self.reference_cell("retain", retain_spec, None, RunSummary())
             reference = rec.get("reference_values") if rec else None
             self.retain_aggregates = rec.get("aggregates") if rec else None
+            if self.attacks:
+                self.attacks.remember("retain", rec)
+        if self.attacks and name not in ("retain", "target"):  # the target's scores, if its task has finished
+            self.attacks.remember("target", finished_record(ensure_inside(self.results_dir, self.cell_path("target")), self.log))
         if name in ("retain", "target"):
             self.reference_cell(name, retain_spec if name == "retain" else target_spec, reference, summary)
         else:
@@ -255,7 +274,7 @@ class Runner:
         resolved = {**self._base_config(reference=True), "role": role}
         label = {"target": "Target", "retain": "Retain"}[role]
         return self._cell(role, label, "reference", resolved, summary,
-                          lambda: self._evaluate_only(spec, reference, self_reference=role == "retain"))
+                          lambda: self._evaluate_only(spec, reference, self_reference=role == "retain", role=role))
 
     def method_cell(self, name: str, target_spec: "str | Callable[[], str]", reference, summary: RunSummary) -> dict | None:
         train_cfg, method_cfg = self.method_configs(name)
@@ -345,9 +364,13 @@ class Runner:
         done = finished_record(path, self.log)
         return None if done is None or codeversion.stale_reason(done.get("code"), code or {}) else done
 
-    def _evaluate_only(self, spec, reference, self_reference: bool = False) -> dict:
+    def _evaluate_only(self, spec, reference, self_reference: bool = False, role: str = "") -> dict:
         loaded = load_model(spec() if callable(spec) else spec, self.device, self.req.trust_remote_code)
         out = self._evaluate(loaded, reference, self_reference)
+        if self.attacks:  # stage: attack the retain model (the baseline), score the target on the scored half
+            started = time.perf_counter()
+            out["attacks"] = self.attacks.reference_stage(role, loaded, self._evaluate_on, out)
+            out["timings"]["attacks_s"] = round(time.perf_counter() - started, 3)
         out.update({"status": "ok", "model_source": portable_path(loaded.source), "training": None})
         return out
 
@@ -383,6 +406,10 @@ class Runner:
             chosen = self._select(per_epoch.epochs)
             out = per_epoch.take(chosen)
         out["selection"] = chosen.as_record()
+        if self.attacks:  # stage: attacked copies of the reported weights, scored like every evaluation
+            started = time.perf_counter()
+            out["attacks"] = self.attacks.method_stage(loaded, self._evaluate_on, out, reference)
+            out["timings"]["attacks_s"] = round(time.perf_counter() - started, 3)
         if per_epoch is not None:
             out["epochs"] = per_epoch.summary(result.losses, steps_per_epoch, total)
             out["timings"]["per_epoch_eval_s"] = per_epoch.eval_s
@@ -408,23 +435,28 @@ class Runner:
         key = model_key(loaded.model, loaded.tokenizer, engine.settings())
         return CachedEngine(engine, EvalCache(cache_root() / "evals.sqlite"), key)
 
-    def _evaluate(self, loaded, reference, self_reference: bool = False) -> dict:
+    def _evaluate_on(self, loaded, bench, reference, self_reference: bool = False) -> dict:
+        """``_evaluate`` with another view of the benchmark (the attacks' scored half of the forget set)."""
+        return self._evaluate(loaded, reference, self_reference, bench)
+
+    def _evaluate(self, loaded, reference, self_reference: bool = False, bench=None) -> dict:
+        bench = bench or self.bench
         engine = self._engine(loaded)
-        self.bench.use_tokenizer(loaded.tokenizer)
+        bench.use_tokenizer(loaded.tokenizer)
         hf = getattr(engine, "engine", engine)   # behind the evaluation cache
         prefetch_imports(SLOW_SCORING_IMPORTS)
         started = time.perf_counter()
-        outputs = run_plan(engine, self.bench.eval_plan(), self.progress)
-        scores = self.bench.score(outputs, reference)
+        outputs = run_plan(engine, bench.eval_plan(), self.progress)
+        scores = bench.score(outputs, reference)
         if self_reference:  # the retain model against itself: forget quality 1, PrivLeak 0 by definition
-            scores = self.bench.score(outputs, scores.reference_values)
+            scores = bench.score(outputs, scores.reference_values)
         for warning in scores.warnings:
-            self.log(f"warning: {self.bench.name}: {warning}")
+            self.log(f"warning: {bench.name}: {warning}")
         return {
             "aggregates": scores.aggregates, "per_sample": scores.per_sample, "missing": scores.missing,
             "reference_values": scores.reference_values, "truncated": {"eval": self._eval_truncation(loaded.tokenizer)},
             "warnings": scores.warnings, "scoring_deviations": scores.deviations,
-            "resolved_settings": self.bench.resolved_settings(),
+            "resolved_settings": bench.resolved_settings(),
             "timings": {**outputs.timings, "eval_s": round(time.perf_counter() - started, 3)},
             "eval_counts": {**outputs.counts, **getattr(engine, "counts", {})},
             "eval_runtime": {**(hf.describe() if hasattr(hf, "describe") else {}), **threads.describe()},

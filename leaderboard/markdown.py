@@ -28,6 +28,7 @@ from tabulate import tabulate
 from harness.results import atomic_write_text
 
 from .columns import DIRECTIONS, Column, format_value
+from .robustness import render_robustness
 
 __all__ = ["render_leaderboard", "write_leaderboard", "format_value", "section_key"]
 
@@ -372,6 +373,9 @@ def _render_section(benchmark: str, model: str, records: Sequence[Mapping[str, A
     parts = [f"## {section_title(benchmark, model, _data_cut(records, short=True))}", intro, body]
     if numbers:
         parts.append("\n".join(f"- {_superscript(n)} {note}" for note, n in numbers.items()))
+    robustness = render_robustness(rows, columns)
+    if robustness:
+        parts.append(robustness)
     return "\n\n".join(parts)
 
 

@@ -13,7 +13,10 @@ Per (benchmark, model) section of the leaderboard:
   flatten GA's -1..-3 on a shared axis), one line per seed; a diverged run ends in a cross. Runs made with
   ``eval.per_epoch`` add two panels below: the trade-off axes' forget and utility scores per
   epoch (``record["epochs"]``), the retain model's value dotted, and the checkpoint a selection
-  rule other than ``last`` reported ringed.
+  rule other than ``last`` reported ringed;
+- ``robustness-<benchmark>-<model>.png|svg`` (only for records made with ``eval.attacks``): the
+  recovery of each forget-side metric per row, one panel per attack, the retain model first as
+  the baseline (``leaderboard/robustness.py`` computes the numbers, as in the table).
 
 File names depend only on the benchmark and model; the files only on the records (fixed style,
 no dates in the metadata, fixed SVG ids), so the same records give the same bytes.
@@ -219,6 +222,47 @@ def _merged_labels(points: Sequence[tuple[float, float, str]], x_log: bool = Fal
     return out
 
 
+CLIP = (-150.0, 250.0)   # recovery bars (%) beyond these are clipped and labelled with their value
+
+
+def _robustness(benchmark: str, model: str, rows, columns: Sequence[Column]):
+    """Grouped bars: recovery (%) of each forget metric per row, one panel per attack."""
+    from .robustness import attack_lines
+
+    lines, _ = attack_lines(rows, columns)
+    if not any(v["value"] is not None for ln in lines for v in ln.recovery.values()):
+        return None
+    attacks = list(dict.fromkeys(ln.attack for ln in lines))
+    keys = list(dict.fromkeys(k for ln in lines for k in ln.recovery))
+    labels = {c.key: c.label for c in columns}
+    fig = _new_figure(height=2.6 + 2.4 * len(attacks))
+    for i, attack in enumerate(attacks):
+        ax = fig.add_subplot(len(attacks), 1, i + 1)
+        mine = [ln for ln in lines if ln.attack == attack]
+        width = 0.8 / max(1, len(keys))
+        for j, key in enumerate(keys):
+            xs = [n + (j - (len(keys) - 1) / 2) * width for n in range(len(mine))]
+            values = [ln.recovery.get(key, {}).get("value") for ln in mine]
+            ys = [min(max(100 * (v or 0.0), CLIP[0]), CLIP[1]) for v in values]
+            ax.bar(xs, ys, width, label=labels.get(key, key), color=f"C{j % 10}")
+            for x, y, v in zip(xs, ys, values):
+                if v is None:     # no bar: recovery undefined (nothing measurable was removed)
+                    ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=5, rotation=90)
+                elif y != 100 * v:  # clipped: write the value
+                    ax.text(x, y, f"{100 * v:.0f}", ha="center", va="bottom" if y > 0 else "top", fontsize=5)
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.axhline(100, color="0.5", linewidth=0.6, linestyle="--")
+        ax.set_xticks(range(len(mine)))
+        ax.set_xticklabels([ln.label + (" (baseline)" if ln.baseline else "") for ln in mine], fontsize=7)
+        ax.set_ylabel("recovery (%)", fontsize=8)
+        ax.set_title(f"{benchmark} — {model}: {attack}", fontsize=9)
+        ax.grid(True, axis="y", alpha=0.3)
+        if i == 0:
+            ax.legend(fontsize=6, ncol=min(len(keys), 4), loc="best")
+    fig.tight_layout()
+    return fig
+
+
 @dataclass
 class _Run:
     """One method record's curves: loss per step and, with ``eval.per_epoch``, scores per epoch."""
@@ -399,6 +443,7 @@ def write_plots(records: Sequence[Mapping[str, Any]], columns: Mapping[str, Sequ
                 ("tradeoff", "forget vs utility", _tradeoff(benchmark, name, rows, cols, axes) if axes else None),
                 ("training", "training loss per step" + (" and scores per epoch" if per_epoch else ""),
                  _training(benchmark, name, rows, cols, axes)),
+                ("robustness", "recovery per method under each attack", _robustness(benchmark, name, rows, cols)),
             ]
             for kind, title, fig in figures:
                 if fig is None:
