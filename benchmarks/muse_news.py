@@ -483,8 +483,11 @@ class MuseNews(Benchmark):
         if c.extraction_strength:
             plan.logprobs["verbmem_gt"] = [LogprobRequest(r["prompt"], r["gt"]) for r in self.verbmem]
         # PrivLeak texts whole, as MUSE scores them: up to the model's context, not eval.max_length.
-        plan.logprobs["privleak_forget"] = [LogprobRequest("", t, full_context=True) for t in self.privleak_forget]
-        plan.logprobs["privleak_holdout"] = [LogprobRequest("", t, full_context=True) for t in self.privleak_holdout]
+        # Min-K%++ reads the full next-token distribution: these go to an engine that has it.
+        plan.logprobs["privleak_forget"] = [LogprobRequest("", t, full_context=True, needs_distribution=True)
+                                            for t in self.privleak_forget]
+        plan.logprobs["privleak_holdout"] = [LogprobRequest("", t, full_context=True, needs_distribution=True)
+                                             for t in self.privleak_holdout]
         attacks = ("privleak_min_k", "auc_loss", "auc_zlib", "auc_mink_pp")
         plan.readers = {"verbmem_gt": ("es_f",), "privleak_forget": attacks, "privleak_holdout": attacks}
         return plan

@@ -68,6 +68,12 @@ def _executor_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--poll-s", type=float, default=10.0, help="seconds between progress lines of a ray/slurm run")
 
 
+def _engine_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--engine", choices=["auto", "hf", "vllm"], default=None,
+                   help=f"{what}: auto (vLLM where installed, else HF), hf or vllm "
+                        "(default: $HARNESS_ENGINE, else auto; see docs/engines.md)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harness", description="Benchmark LLM unlearning methods and render leaderboards.",
@@ -86,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-save-models", dest="save_models", action="store_false", help="do not save unlearned weights")
     run.add_argument("--models-dir", type=Path, help="where unlearned weights go (default: $HARNESS_CACHE/unlearned)")
     _executor_args(run)
+    _engine_arg(run, "evaluation engine")
     _common(run)
 
     st = sub.add_parser("status", help="which cells are queued, running (where), done or failed, from records and claims")
@@ -97,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--retain", help="retain model whose scores are the reference (forget quality, PrivLeak)")
     ev.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS, help=RESULTS_HELP)
     ev.add_argument("--force", action="store_true")
+    _engine_arg(ev, "evaluation engine")
     _common(ev)
 
     prep = sub.add_parser("prepare", help="fine-tune (or reuse cached) target and retain models from a base model")
@@ -119,8 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn = sub.add_parser("bench", help="figures: evaluation vs a naive baseline, one training step per method, memory")
     _model_args(bn)
     bn.add_argument("--methods", default="all", help="methods whose training step is timed: 'all', a comma list, or 'none'")
-    bn.add_argument("--engine", default="hf", choices=["hf"],
-                    help="evaluation engine to measure (vLLM is not benchmarked yet; see docs/engines.md)")
+    _engine_arg(bn, "engine to measure; vllm (or auto with vLLM installed) compares vLLM with HF on the same requests")
     _common(bn)
 
     tb = sub.add_parser("tables", help="regenerate a paper's table: published values beside ours, from stored records")
@@ -179,6 +186,7 @@ def _request(args, **extra):
         benchmark=args.benchmark, model=args.model, data_dir=args.data_dir, seed=args.seed, limit=args.limit,
         overrides=parse_set(args.overrides), device=args.device, trust_remote_code=args.trust_remote_code,
         eval_cache=getattr(args, "eval_cache", True), **extra,
+        **({"engine": args.engine} if getattr(args, "engine", None) else {}),
     )
 
 
@@ -240,6 +248,8 @@ def cmd_eval(args) -> int:
         record = runner.reference_cell("target", args.model, reference, summary)
     except KeyboardInterrupt:
         raise Interrupted(summary.records) from None
+    finally:
+        runner.close()
     print(f"leaderboard: {render_results(args.results_dir)}")
     return 0 if record and record.get("status") == "ok" else 1
 
@@ -271,6 +281,13 @@ def cmd_bench(args) -> int:
     args.memory_budget_gb = runner.eval_cfg.memory_budget_gb
     args.batch_size = runner.eval_cfg.batch_size or auto_batch_size(loaded.model, runner.device, budget_gb=args.memory_budget_gb)
     args.max_length = runner.eval_cfg.max_length
+    if runner.engines.kind == "vllm":
+        from harness.bench_engines import report_engines
+        from harness.runner import weights_folder
+
+        args.eval_cfg = runner.eval_cfg
+        report_engines(runner.bench, loaded, args, runner.device, weights_folder(args.model))
+        return 0
     report(runner.bench, loaded, args, [] if no_training else runner.methods, runner.method_configs, runner.device)
     return 0
 

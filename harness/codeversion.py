@@ -22,7 +22,7 @@ LOOP_MODULES = ("harness.training", "harness.batching", "harness.losses")
 #: what `prepare` runs to fine-tune target and retain models
 FINETUNE_MODULES = (*LOOP_MODULES, "harness.prepare")
 #: what computes the outputs the evaluation cache stores
-ENGINE_MODULES = ("harness.engine",)
+ENGINE_MODULES = ("harness.engine", "harness.engine_base", "harness.vllm_engine")
 
 
 def file_hash(path: str) -> str:

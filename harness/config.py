@@ -27,6 +27,11 @@ class EvalConfig:
     per_epoch: bool = False     # also evaluate after every unlearning epoch (training curves)
     select: str = "last"        # checkpoint-selection rule applied to every method alike (see selection.py)
     attacks: str = ""           # comma list of relearn, int8, int4: re-evaluate attacked copies (harness/attacks.py)
+    # vLLM engine (--engine vllm; docs/engines.md). auto dtype = the HF model's own (fp32 CPU, bf16 GPU).
+    vllm_dtype: str = "auto"        # auto, float32, bfloat16 or float16 (bf16 on CPU: faster, changes scores)
+    vllm_tensor_parallel: int = 1   # GPUs per model
+    vllm_gpu_memory: float = 0.5    # share of GPU memory vLLM may take (the HF model and training need the rest)
+    vllm_kv_cache_gib: float = 0.0  # KV cache size; 0 = 2 GiB on CPU, from vllm_gpu_memory on GPU
 
 
 def parse_set(pairs: list[str] | None) -> dict[str, str]:

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from transformers import StoppingCriteria
 
-from harness.batching import IGNORE, encode, prompt_ids
+from harness.batching import IGNORE, encode
 from harness.chat import ChatPrompt
+from harness.engine_base import TokenizedEngine
 from harness.errors import HarnessError
-from harness.scoring.text import truncate_at_stop
 
 
 @dataclass(frozen=True)
@@ -47,20 +47,24 @@ class LogprobRequest:
     convention). ``full_context`` scores the text up to the model's context length instead of
     ``eval.max_length`` (MUSE never truncates its PrivLeak texts); a longer text is cut there
     with a warning.
+
+    ``needs_distribution``: the metric reads ``mu``/``sigma`` (Min-K%++), so the request goes to
+    an engine that computes the full next-token distribution (``harness/engine_base.py``).
     """
 
     prompt: str | ChatPrompt
     continuation: str
     add_eos: bool = False
     full_context: bool = False
+    needs_distribution: bool = False
 
 
 @dataclass
 class TokenScores:
     logprobs: list[float]        # log p of each continuation token
     greedy_match: list[bool]     # argmax prediction == the token
-    mu: list[float]              # E[log p] under the model's next-token distribution
-    sigma: list[float]           # its standard deviation
+    mu: list[float] | None       # E[log p] under the model's next-token distribution (None: not computed)
+    sigma: list[float] | None    # its standard deviation
 
 
 class StopOnStrings(StoppingCriteria):
@@ -136,8 +140,11 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
 
 
-class HFEngine:
+class HFEngine(TokenizedEngine):
     """Evaluates one model; ``batch_size`` is the number of sequences per forward pass."""
+
+    name = "hf"
+    full_distribution = True
 
     def __init__(self, model, tokenizer, batch_size: int = 16, max_length: int = 2048, share_prompts: bool = True,
                  memory_budget_gb: float = 0.0):
@@ -286,8 +293,7 @@ class HFEngine:
 
     @torch.inference_mode()
     def generate(self, requests: list[GenerationRequest], progress=None) -> list[str]:
-        tok = self.tokenizer
-        encoded = [prompt_ids(tok, r.prompt) for r in requests]
+        encoded = [self.prompt_ids(r.prompt) for r in requests]
         clusters = _prefix_clusters(encoded) if self.share_prompts else [-1] * len(encoded)
         # Batch only requests with the same settings and shared-prefix cluster; inside, similar lengths.
         by_length = (lambda i: len(encoded[i])) if self.sort_by_length else (lambda i: 0)  # noqa: E731
@@ -344,8 +350,7 @@ class HFEngine:
             extra["past_key_values"] = cache
         if self.drop_finished and plain_greedy(self.model):
             rows = self._greedy(ids.to(self.device), mask.to(self.device), n, head, extra.get("past_key_values"))
-            texts = tok.batch_decode(rows, skip_special_tokens=True, clean_up_tokenization_spaces=head.clean_up_spaces)
-            return [truncate_at_stop(t, head.stop) if head.stop else t for t in texts]
+            return [self.decode(row, head) for row in rows]
         generated = self.model.generate(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
@@ -356,9 +361,7 @@ class HFEngine:
             stopping_criteria=[StopOnStrings(tok, head.stop, n + width)] if head.stop else None,
             **extra,
         )
-        texts = tok.batch_decode(generated[:, n + width :], skip_special_tokens=True,
-                                 clean_up_tokenization_spaces=head.clean_up_spaces)
-        return [truncate_at_stop(t, head.stop) if head.stop else t for t in texts]
+        return [self.decode(row, head) for row in generated[:, n + width :].tolist()]
 
     def _greedy(self, ids, mask, cached: int, head: GenerationRequest, cache=None) -> list[list[int]]:
         """Greedy decoding in which a row leaves the batch as soon as it ends (EOS or a stop
@@ -449,7 +452,7 @@ class HFEngine:
 
     @torch.inference_mode()
     def logprobs(self, requests: list[LogprobRequest], progress=None) -> list[TokenScores]:
-        encoded = [encode(self.tokenizer, r.prompt, r.continuation, self._limit(r), r.add_eos) for r in requests]
+        encoded = [self.scored_ids(r) for r in requests]
         self._warn_cut(requests, encoded)
         shared, alone = _prompt_groups(requests, encoded, self.max_length) if self.share_prompts else ({}, list(range(len(requests))))
         results: list = [None] * len(requests)
@@ -465,13 +468,6 @@ class HFEngine:
         if shared:
             self._score_shared(shared, encoded, results, progress)
         return results
-
-    def model_context(self) -> int | None:
-        """The model's context length (``max_position_embeddings``), where its config says it."""
-        return getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
-
-    def _limit(self, request: LogprobRequest) -> int:
-        return (self.model_context() or self.max_length) if request.full_context else self.max_length
 
     def _warn_cut(self, requests: list[LogprobRequest], encoded) -> None:
         """Say when a text that should be scored whole was cut at the model's context length."""

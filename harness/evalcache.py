@@ -64,17 +64,23 @@ def request_key(request) -> str:
 def _encode(value) -> bytes:
     if isinstance(value, str):
         return b"s" + value.encode()
-    arrays = [np.asarray(value.logprobs, np.float32), np.asarray(value.mu, np.float32),
-              np.asarray(value.sigma, np.float32), np.asarray(value.greedy_match, np.uint8)]
-    return b"t" + np.asarray([len(value.logprobs)], np.int64).tobytes() + b"".join(a.tobytes() for a in arrays)
+    # "t": log-probs with the distribution's moments; "p": without them (an engine like vLLM)
+    moments = value.mu is not None
+    arrays = [np.asarray(value.logprobs, np.float32)]
+    arrays += [np.asarray(value.mu, np.float32), np.asarray(value.sigma, np.float32)] if moments else []
+    arrays += [np.asarray(value.greedy_match, np.uint8)]
+    return (b"t" if moments else b"p") + np.asarray([len(value.logprobs)], np.int64).tobytes() + b"".join(a.tobytes() for a in arrays)
 
 
 def _decode(blob: bytes):
     if blob[:1] == b"s":
         return blob[1:].decode()
+    rows = 3 if blob[:1] == b"t" else 1
     n = int(np.frombuffer(blob[1:9], np.int64)[0])
-    floats = np.frombuffer(blob[9 : 9 + 12 * n], np.float32).reshape(3, n).astype(np.float64)
-    match = np.frombuffer(blob[9 + 12 * n :], np.uint8).astype(bool)
+    floats = np.frombuffer(blob[9 : 9 + 4 * rows * n], np.float32).reshape(rows, n).astype(np.float64)
+    match = np.frombuffer(blob[9 + 4 * rows * n :], np.uint8).astype(bool)
+    if rows == 1:
+        return TokenScores(floats[0].tolist(), match.tolist(), None, None)
     return TokenScores(floats[0].tolist(), match.tolist(), floats[1].tolist(), floats[2].tolist())
 
 
@@ -120,6 +126,11 @@ class CachedEngine:
 
     def __init__(self, engine, cache: EvalCache, model: str):
         self.engine, self.cache, self.model = engine, cache, model
+
+    def __getattr__(self, attr):  # name, full_distribution, settings() of the engine inside
+        if attr == "engine":
+            raise AttributeError(attr)
+        return getattr(self.engine, attr)
 
     def _answer(self, requests: list, run) -> list:
         found = self.cache.lookup(self.model, requests)

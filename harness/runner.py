@@ -30,11 +30,11 @@ from harness import config as cfgmod
 from harness.attacks import AttackConfig, Attacks, parse_attacks
 from harness.claims import Claims, claim_cell, owner_label
 from harness.config import EvalConfig
-from harness.engine import HFEngine
+from harness.engine_factory import EvalEngines, default_engine, resolve_engine
 from harness.errors import HarnessError
-from harness.evalcache import CachedEngine, EvalCache, model_key
+from harness.evalcache import EvalCache
 from harness.evaluation import run_plan
-from harness.models import cache_root, load_model, pick_device, portable_path
+from harness.models import SMOLLM2_ALIAS, cache_root, load_model, pick_device, portable_path, smollm2_folder
 from harness.methods.base import NEEDS_RETAIN
 from harness.prepare import prepare
 from harness.registry import BENCHMARKS, METHODS
@@ -76,6 +76,7 @@ class RunRequest:
     device: str | None = None
     trust_remote_code: bool = False
     eval_cache: bool = True        # reuse engine outputs of identical weights (harness/evalcache.py)
+    engine: str = field(default_factory=default_engine)   # auto, hf or vllm (harness/engine_factory.py)
 
 
 @dataclass
@@ -124,6 +125,7 @@ class Runner:
         if self.eval_cfg.memory_budget_gb < 0:
             raise HarnessError(f"eval.memory_budget_gb must be 0 (the default budget) or a positive number of GiB, "
                                f"got {self.eval_cfg.memory_budget_gb:g}.")
+        self.engines = EvalEngines(resolve_engine(req.engine), self.eval_cfg, self.device, log=log)
         self.utility_key = getattr(self.bench_cls, "utility_key", None)  # a benchmark may name its utility column
         self.rule = selection.validate(self.eval_cfg.select, self.eval_cfg.per_epoch, self.bench_cls.columns,
                                        utility_key=self.utility_key)
@@ -199,6 +201,16 @@ class Runner:
 
     # --- the run -----------------------------------------------------------------------------
     def run(self) -> RunSummary:
+        try:
+            return self._run()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the run's vLLM engine, if one was started."""
+        self.engines.close()
+
+    def _run(self) -> RunSummary:
         summary = self.summary = RunSummary()
         models = functools.cache(self.reference_models)  # prepare only once a cell really has to run
         target_spec, retain_spec = (lambda: models()[0]), (lambda: models()[1])
@@ -241,6 +253,12 @@ class Runner:
         A method or target cell takes its references from the retain row's record, which the
         executor has finished first (were it missing, this computes it, under its claim).
         """
+        try:
+            return self._run_cell(name)
+        finally:
+            self.close()
+
+    def _run_cell(self, name: str) -> RunSummary:
         summary = RunSummary()
         models = functools.cache(self.reference_models)
         target_spec, retain_spec = (lambda: models()[0]), (lambda: models()[1])
@@ -365,8 +383,9 @@ class Runner:
         return None if done is None or codeversion.stale_reason(done.get("code"), code or {}) else done
 
     def _evaluate_only(self, spec, reference, self_reference: bool = False, role: str = "") -> dict:
-        loaded = load_model(spec() if callable(spec) else spec, self.device, self.req.trust_remote_code)
-        out = self._evaluate(loaded, reference, self_reference)
+        spec = spec() if callable(spec) else spec
+        loaded = load_model(spec, self.device, self.req.trust_remote_code)
+        out = self._evaluate(loaded, reference, self_reference, folder=weights_folder(spec))
         if self.attacks:  # stage: attack the retain model (the baseline), score the target on the scored half
             started = time.perf_counter()
             out["attacks"] = self.attacks.reference_stage(role, loaded, self._evaluate_on, out)
@@ -426,27 +445,26 @@ class Runner:
         return selection.select(self.eval_cfg.select, epochs, self.bench_cls.columns, self.retain_aggregates,
                                 self.utility_key)
 
-    def _engine(self, loaded):
-        """The HF engine, behind the evaluation cache unless the run turned it off."""
-        engine = HFEngine(loaded.model, loaded.tokenizer, self.eval_cfg.batch_size, self.eval_cfg.max_length,
-                          memory_budget_gb=self.eval_cfg.memory_budget_gb)
-        if not self.req.eval_cache:
-            return engine
-        key = model_key(loaded.model, loaded.tokenizer, engine.settings())
-        return CachedEngine(engine, EvalCache(cache_root() / "evals.sqlite"), key)
+    def _engine(self, loaded, folder: Path | None = None):
+        """The run's engine for this model, behind the evaluation cache unless the run turned it off."""
+        cache = EvalCache(cache_root() / "evals.sqlite") if self.req.eval_cache else None
+        return self.engines.for_model(loaded, folder, cache)
 
     def _evaluate_on(self, loaded, bench, reference, self_reference: bool = False) -> dict:
         """``_evaluate`` with another view of the benchmark (the attacks' scored half of the forget set)."""
         return self._evaluate(loaded, reference, self_reference, bench)
 
-    def _evaluate(self, loaded, reference, self_reference: bool = False, bench=None) -> dict:
+    def _evaluate(self, loaded, reference, self_reference: bool = False, bench=None, folder: Path | None = None) -> dict:
+        """``folder``: a saved copy of exactly ``loaded``'s weights (vLLM loads it instead of a copy written from memory)."""
         bench = bench or self.bench
-        engine = self._engine(loaded)
+        engine = self._engine(loaded, folder)
         bench.use_tokenizer(loaded.tokenizer)
-        hf = getattr(engine, "engine", engine)   # behind the evaluation cache
         prefetch_imports(SLOW_SCORING_IMPORTS)
         started = time.perf_counter()
+        before = {k: len(v) for k, v in self.engines.timings().items()}
         outputs = run_plan(engine, bench.eval_plan(), self.progress)
+        self.engines.release()   # vLLM gives GPU memory back before training needs it
+        engine_times = {k: sum(v[before.get(k, 0):]) for k, v in self.engines.timings().items()}
         scores = bench.score(outputs, reference)
         if self_reference:  # the retain model against itself: forget quality 1, PrivLeak 0 by definition
             scores = bench.score(outputs, scores.reference_values)
@@ -457,9 +475,11 @@ class Runner:
             "reference_values": scores.reference_values, "truncated": {"eval": self._eval_truncation(loaded.tokenizer)},
             "warnings": scores.warnings, "scoring_deviations": scores.deviations,
             "resolved_settings": bench.resolved_settings(),
-            "timings": {**outputs.timings, "eval_s": round(time.perf_counter() - started, 3)},
+            "timings": {**outputs.timings, **{k: round(v, 3) for k, v in engine_times.items() if v},
+                        "eval_s": round(time.perf_counter() - started, 3)},
             "eval_counts": {**outputs.counts, **getattr(engine, "counts", {})},
-            "eval_runtime": {**(hf.describe() if hasattr(hf, "describe") else {}), **threads.describe()},
+            "eval_engines": engine.record(),
+            "eval_runtime": {**engine.describe(), **threads.describe()},
         }
 
     def _eval_truncation(self, tokenizer) -> dict[str, int]:
@@ -555,6 +575,14 @@ class PerEpoch:
     def summary(self, losses: list[float], steps_per_epoch: int, total: int) -> list[dict]:
         """Per epoch: its scores and the loss of its last optimiser step."""
         return [{**e, "loss": losses[min(e["epoch"] * steps_per_epoch, total) - 1]} for e in self.epochs]
+
+
+def weights_folder(spec: str) -> Path | None:
+    """The save_pretrained folder that holds exactly the weights ``spec`` loads, where there is one."""
+    if spec == SMOLLM2_ALIAS:
+        return smollm2_folder()
+    path = Path(spec).expanduser()
+    return path if (path / "config.json").is_file() else None
 
 
 def save_model_atomically(loaded, folder: Path) -> None:

