@@ -114,11 +114,11 @@ def _axis_label(key: str, columns: Sequence[Column], role: str) -> str:
     return f"{column.header() if column else key} ({role})"
 
 
-def _new_figure(height: float = 4.8, layout: str | None = None):
+def _new_figure(height: float = 4.8, layout: str | None = None, width: float = 6.4):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.4, height), dpi=100, layout=layout)
+    fig = Figure(figsize=(width, height), dpi=100, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
@@ -235,7 +235,10 @@ def _robustness(benchmark: str, model: str, rows, columns: Sequence[Column]):
     attacks = list(dict.fromkeys(ln.attack for ln in lines))
     keys = list(dict.fromkeys(k for ln in lines for k in ln.recovery))
     labels = {c.key: c.label for c in columns}
-    fig = _new_figure(height=2.6 + 2.4 * len(attacks))
+    n_rows = max(sum(ln.attack == a for ln in lines) for a in attacks)
+    # Wider with more rows, and slanted row names past a handful, so that neighbours never overlap.
+    fig = _new_figure(height=2.6 + 2.6 * len(attacks), width=max(6.4, 0.55 * n_rows * max(1, len(keys)) / 6 + 3))
+    slant = {"rotation": 30, "ha": "right"} if n_rows > 6 else {}
     for i, attack in enumerate(attacks):
         ax = fig.add_subplot(len(attacks), 1, i + 1)
         mine = [ln for ln in lines if ln.attack == attack]
@@ -253,7 +256,7 @@ def _robustness(benchmark: str, model: str, rows, columns: Sequence[Column]):
         ax.axhline(0, color="black", linewidth=0.6)
         ax.axhline(100, color="0.5", linewidth=0.6, linestyle="--")
         ax.set_xticks(range(len(mine)))
-        ax.set_xticklabels([ln.label + (" (baseline)" if ln.baseline else "") for ln in mine], fontsize=7)
+        ax.set_xticklabels([ln.label + (" (baseline)" if ln.baseline else "") for ln in mine], fontsize=7, **slant)
         ax.set_ylabel("recovery (%)", fontsize=8)
         ax.set_title(f"{benchmark} — {model}: {attack}", fontsize=9)
         ax.grid(True, axis="y", alpha=0.3)
