@@ -32,6 +32,19 @@ class EvalConfig:
     vllm_tensor_parallel: int = 1   # GPUs per model
     vllm_gpu_memory: float = 0.5    # share of GPU memory vLLM may take (the HF model and training need the rest)
     vllm_kv_cache_gib: float = 0.0  # KV cache size; 0 = 2 GiB on CPU, from vllm_gpu_memory on GPU
+    vllm_logprobs: str = "auto"     # engine for log-prob requests under --engine vllm: auto (hf on CPU, where it
+                                    # measured faster; vllm on GPU), vllm or hf (changes speed, not scores)
+
+    def __post_init__(self):
+        if self.vllm_dtype not in VLLM_DTYPES:
+            raise HarnessError(f"eval.vllm_dtype must be one of {', '.join(VLLM_DTYPES)}, got '{self.vllm_dtype}'.")
+        if self.vllm_logprobs not in VLLM_LOGPROB_ENGINES:
+            raise HarnessError(f"eval.vllm_logprobs must be one of {', '.join(VLLM_LOGPROB_ENGINES)}, "
+                               f"got '{self.vllm_logprobs}'.")
+
+
+VLLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
+VLLM_LOGPROB_ENGINES = ("auto", "vllm", "hf")
 
 
 def parse_set(pairs: list[str] | None) -> dict[str, str]:

@@ -80,13 +80,16 @@ class TokenizedEngine(Engine):
 
 class RoutedEngine(Engine):
     """Everything from ``main``, except log-prob requests that need the full distribution when
-    ``main`` cannot give it: those go to ``full``. ``served`` counts which engine answered each
-    stage's requests (cache hits included: a cached answer was produced by the same engine)."""
+    ``main`` cannot give it: those go to ``full`` (all log-prob requests with ``logprobs_to_full``,
+    where ``full`` scores faster). ``served`` counts which engine answered each stage's requests
+    (cache hits included: a cached answer was produced by the same engine)."""
 
-    def __init__(self, main, full=None):
+    def __init__(self, main, full=None, logprobs_to_full: bool = False):
         if not main.full_distribution and full is None:
             raise ValueError(f"engine '{main.name}' gives no full distribution: pass an engine that does")
-        self.main, self.full = main, full
+        if logprobs_to_full and full is None:
+            raise ValueError("logprobs_to_full needs a second engine")
+        self.main, self.full, self.logprobs_to_full = main, full, logprobs_to_full
         self.served: dict[str, dict[str, int]] = {"generation": {}, "logprobs": {}}
 
     @property
@@ -106,11 +109,11 @@ class RoutedEngine(Engine):
         return self.main.generate(requests, progress)
 
     def logprobs(self, requests, progress=None):
-        if self.main.full_distribution:
+        if self.main.full_distribution and not self.logprobs_to_full:
             self._count("logprobs", self.main, len(requests))
             return self.main.logprobs(requests, progress)
-        to_full = [i for i, r in enumerate(requests) if r.needs_distribution]
-        to_main = [i for i, r in enumerate(requests) if not r.needs_distribution]
+        to_full = [i for i, r in enumerate(requests) if r.needs_distribution or self.logprobs_to_full]
+        to_main = [i for i, r in enumerate(requests) if not (r.needs_distribution or self.logprobs_to_full)]
         out: list = [None] * len(requests)
         for engine, picked in ((self.main, to_main), (self.full, to_full)):
             if picked:
@@ -121,7 +124,7 @@ class RoutedEngine(Engine):
 
     def settings(self) -> dict:
         both = {"main": self.main.settings()}
-        if self.full is not None and not self.main.full_distribution:
+        if self.full is not None and (self.logprobs_to_full or not self.main.full_distribution):
             both["full_distribution"] = self.full.settings()
         return both
 

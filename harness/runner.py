@@ -528,7 +528,7 @@ class MethodSettingsError(Exception):
 #: eval settings that change how method rows are chosen, never a reference row's scores
 REFERENCE_IGNORES_EVAL = ("per_epoch", "select")
 #: eval settings that change speed and memory, not scores: not part of a cell's identity
-EVAL_NOT_IN_IDENTITY = ("memory_budget_gb",)
+EVAL_NOT_IN_IDENTITY = ("memory_budget_gb", "vllm_logprobs")
 
 
 class PerEpoch:

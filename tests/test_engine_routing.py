@@ -130,3 +130,39 @@ def test_record_says_which_engine_produced_the_outputs(tmp_path):
     engines = record["eval_engines"]
     assert set(engines["served"]) == {"generation", "logprobs"}
     assert set(engines["served"]["generation"]) == {"hf"} and engines["settings"]["hf"]["engine"] == "hf"
+
+
+def test_log_probs_can_all_go_to_the_second_engine(tiny):
+    """``eval.vllm_logprobs=hf`` (the CPU default): vLLM generates, the HF engine scores every text."""
+    model, tok = tiny
+    hf = HFEngine(model, tok)
+    partial = NoDistribution(HFEngine(model, tok))
+    routed = RoutedEngine(partial, hf, logprobs_to_full=True)
+    plain, full = LogprobRequest("Q:", " a plain one"), LogprobRequest("", "a text for Min-K%++", needs_distribution=True)
+    out = routed.logprobs([plain, full])
+    routed.generate([GenerationRequest("Hi", 3)])
+    assert [r for r in partial.asked if isinstance(r, LogprobRequest)] == []
+    assert out == hf.logprobs([plain, full]) and out[0].mu is not None
+    assert routed.served == {"generation": {"partial": 1}, "logprobs": {"hf": 2}}
+    assert set(routed.record()["settings"]) == {"partial", "hf"}
+    with pytest.raises(ValueError, match="needs a second engine"):
+        RoutedEngine(HFEngine(model, tok), logprobs_to_full=True)
+
+
+def test_which_engine_scores_log_probs_under_vllm_and_that_it_is_checked_up_front():
+    import torch
+
+    from harness import config as cfgmod
+    from harness.config import EvalConfig
+    from harness.engine_factory import vllm_logprobs_engine
+    from harness.runner import EVAL_NOT_IN_IDENTITY
+
+    assert vllm_logprobs_engine("auto", torch.device("cpu")) == "hf"
+    assert vllm_logprobs_engine("auto", torch.device("cuda")) == "vllm"
+    assert vllm_logprobs_engine("vllm", torch.device("cpu")) == "vllm"
+    assert cfgmod.build(EvalConfig, "eval", [{"eval.vllm_logprobs": "hf"}]).vllm_logprobs == "hf"
+    with pytest.raises(HarnessError, match="eval.vllm_logprobs must be one of auto, vllm, hf, got 'gpu'"):
+        cfgmod.build(EvalConfig, "eval", [{"eval.vllm_logprobs": "gpu"}])
+    with pytest.raises(HarnessError, match="eval.vllm_dtype must be one of"):
+        cfgmod.build(EvalConfig, "eval", [{"eval.vllm_dtype": "int4"}])
+    assert "vllm_logprobs" in EVAL_NOT_IN_IDENTITY   # same scores either way: not a new cell
