@@ -51,7 +51,7 @@ from harness.results import (
     versions,
     write_record,
 )
-from harness.training import TrainConfig, epoch_plan, train
+from harness.training import TrainConfig, check_shardable, epoch_plan, train
 
 
 #: where ad-hoc runs write (git-ignored); the committed records of the default run live in results/
@@ -162,6 +162,9 @@ class Runner:
                         f"method '{name}' has no unlearning epochs (its model exists only at the end), so "
                         "eval.per_epoch does not apply to it. Leave it out of --methods, or turn eval.per_epoch off."
                     )
+        if self.ranks.sharded:
+            for name in self.methods:
+                check_shardable(self.method_cls[name](self.method_configs(name)[1]))
         if self.bench.retain_train():
             return
         for name in self.methods:
@@ -334,6 +337,8 @@ class Runner:
         }
         if self.ranks.world_size > 1:
             record["processes"] = self.ranks.world_size   # not part of the cell: the result does not depend on it
+            if self.ranks.sharded:
+                record["sharding"] = "fsdp"
         started = time.perf_counter()
         try:
             record.update(work() if self.ranks.is_main or kind == "method" else {"status": "evaluated by the main process"})
