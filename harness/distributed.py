@@ -27,6 +27,7 @@ all ranks must run the same passes: a rank short of a micro-batch in a step runs
 from __future__ import annotations
 
 import datetime
+import contextlib
 import os
 from typing import Any
 
@@ -189,6 +190,22 @@ class ShardedProcesses(MultiProcess):
 
 
 _CURRENT: SingleProcess | None = None
+
+
+@contextlib.contextmanager
+def this_process_only():
+    """Within the block the loop trains on this process alone, whatever the launch.
+
+    For work the main process does while the other ranks wait (the relearning attack on the
+    weights it evaluates): a collective there would wait for ranks that never join it.
+    """
+    global _CURRENT
+    saved = _CURRENT
+    _CURRENT = SingleProcess(saved.device if saved is not None else None)
+    try:
+        yield
+    finally:
+        _CURRENT = saved
 
 
 def launched_world_size() -> int:

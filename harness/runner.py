@@ -133,9 +133,6 @@ class Runner:
         self.results_dir = Path(req.results_dir) if req.results_dir is not None else None
         self._check_needs()
         attack_names = parse_attacks(self.eval_cfg.attacks)   # validated up front, like everything above
-        if "relearn" in attack_names and self.ranks.world_size > 1:
-            raise HarnessError("the relearn attack fine-tunes on the main process alone, which a multi-process launch "
-                               "cannot do yet: run it without accelerate/torchrun, or keep only int8/int4 here.")
         self.attacks = Attacks(attack_names, cfgmod.build(AttackConfig, "attack", [self.overrides]), self.bench,
                                self.finetune_cfg, req.seed, self.bench_cls.columns, self.log) if attack_names else None
         self.model_label = req.model if not (req.target and req.model == RunRequest.model) else req.target

@@ -226,6 +226,34 @@ def test_accelerate_launch_gives_the_single_process_records_and_weights(tmp_path
             assert max((w1[k] - w2[k]).abs().max().item() for k in w1) <= 1e-5
 
 
+def test_attacks_under_a_launch_relearn_on_the_main_process_alone(tmp_path):
+    """The relearning attack trains on the main process while the other ranks wait: a launched run
+    with attacks finishes (no collective waits for absent ranks) and scores them as a plain run does."""
+    attacked = ["run", "--methods", "ga", "--benchmark", "synthetic", "--model", "tiny-random", "--limit", "4",
+                "--set", "train.max_steps=2", "--set", "train.global_batch=4", "--set", "train.micro_batch=1",
+                "--set", "eval.attacks=relearn", "--set", "attack.relearn_steps=2", "--no-save-models"]
+    env = {**_env(), "HARNESS_CACHE": str(tmp_path / "cache")}
+    one = subprocess.run([sys.executable, "-m", "harness.cli"] + attacked + ["--results-dir", str(tmp_path / "r1")],
+                         env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert one.returncode == 0, one.stderr[-3000:]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(_free_port()), "-m", "harness.cli"]
+    two = subprocess.run(launch + attacked + ["--results-dir", str(tmp_path / "r2"), "--no-eval-cache"],
+                         env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert_same_records(tmp_path / "r1", tmp_path / "r2")
+    compared = 0
+    for path in sorted((tmp_path / "r1").glob("*/*/*/*.json")):
+        a1 = json.loads(path.read_text()).get("attacks", {}).get("relearn", {})
+        a2 = json.loads((tmp_path / "r2" / path.relative_to(tmp_path / "r1")).read_text())["attacks"]["relearn"]
+        for key, value in a1.get("aggregates", {}).items():
+            if isinstance(value, (int, float)):
+                assert a2["aggregates"][key] == pytest.approx(value, abs=1e-4), (path.name, key)
+                compared += 1
+    assert compared > 0, "the relearning attack's scores were compared"
+
+
 def _executor_run(tmp_path, serial, *executor_args) -> subprocess.CompletedProcess:
     """A run of the same 4 cells through an executor; prepared models from the serial run's cache, no
     evaluation cache (every score is computed afresh by the workers)."""
