@@ -36,6 +36,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from harness import distributed
 from harness.errors import HarnessError
 from harness.models import LoadedModel
 from harness.prepare import Finetune
@@ -233,8 +234,9 @@ class Attacks:
         before = evaluate(loaded, self.scored, self.scored_reference, self_reference=self_reference)
         attacked = copy_of(loaded)
         try:
-            result = train(attacked.model, attacked.tokenizer, Finetune(), self.relearn_examples, None,
-                           self.relearn_cfg, self.seed, self.progress)
+            with distributed.this_process_only():   # the main process attacks; launched ranks wait for it
+                result = train(attacked.model, attacked.tokenizer, Finetune(), self.relearn_examples, None,
+                               self.relearn_cfg, self.seed, self.progress)
             after = evaluate(attacked, self.scored, self.scored_reference)
         finally:
             del attacked

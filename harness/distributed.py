@@ -17,10 +17,17 @@ every rank if any rank sees a bad loss, and only the main process evaluates and 
 Gradients are summed with one all-reduce per step rather than through DDP's backward hooks:
 a rank may hold no micro-batch in a short last step, and some methods call ``autograd.grad``
 inside their loss (SGA's automatic r), neither of which DDP's hooks allow.
+
+With ``accelerate launch --use_fsdp`` (``ACCELERATE_USE_FSDP=true``) the loop trains a sharded copy
+instead (``ShardedProcesses``, FSDP2: see ``harness/sharding.py``). The arithmetic is the same; what
+changes is that FSDP's gather and reduce-scatter run inside every forward and backward pass, so
+all ranks must run the same passes: a rank short of a micro-batch in a step runs a padding pass
+(a micro-batch of the step with weight 0, ``MethodBatch.padding``) and no rank stops a step early.
 """
 from __future__ import annotations
 
 import datetime
+import contextlib
 import os
 from typing import Any
 
@@ -33,6 +40,7 @@ class SingleProcess:
     """The default: one process, every operation the identity."""
 
     world_size, rank, is_main = 1, 0, True
+    sharded = False    # True: the loop trains an FSDP-sharded copy, and ranks run their passes in lockstep
 
     def __init__(self, device: torch.device | None = None):
         self.device = device
@@ -40,6 +48,17 @@ class SingleProcess:
     def my_share(self, items: list) -> list:
         """The items (micro-batches) this rank computes: all of them."""
         return list(items)
+
+    def passes(self, n_micro: int) -> list[tuple[int, bool]]:
+        """(micro-batch index, is padding) of the forward/backward passes this rank runs in a step."""
+        return [(j, False) for j in self.my_share(range(n_micro))]
+
+    def training_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module the loop trains: ``model`` itself, or (FSDP) a sharded copy of it."""
+        return model
+
+    def sync_weights(self, trained: torch.nn.Module, model: torch.nn.Module) -> None:
+        """Make ``model`` hold the trained weights (a no-op unless ``trained`` is a sharded copy)."""
 
     def broadcast_parameters(self, model: torch.nn.Module) -> None:
         pass
@@ -135,7 +154,58 @@ class MultiProcess(SingleProcess):
         return self.device if self.device.type == "cuda" else torch.device("cpu")
 
 
+class ShardedProcesses(MultiProcess):
+    """``accelerate launch --use_fsdp``: each rank stores and updates one shard of the trained model."""
+
+    sharded = True
+
+    def __init__(self, state, settings):
+        super().__init__(state)
+        from torch.distributed.device_mesh import init_device_mesh
+
+        self.settings = settings
+        self.mesh = init_device_mesh(self._comm_device().type, (self.world_size,))
+
+    def passes(self, n_micro: int) -> list[tuple[int, bool]]:
+        """This rank's micro-batches, padded to the same count on every rank with weight-0 passes.
+
+        FSDP gathers weights in every forward and reduce-scatters in every backward, collectives that
+        all ranks must join; the padding pass reruns micro-batch 0 of the step and adds 0 to the gradient.
+        """
+        mine = [(j, False) for j in self.my_share(range(n_micro))]
+        return mine + [(0, True)] * (-(-n_micro // self.world_size) - len(mine))
+
+    def training_model(self, model):
+        from harness.sharding import shard_copy
+
+        return shard_copy(model, self.mesh, self.settings)
+
+    def sum_gradients(self, model) -> None:
+        """Nothing left to do: FSDP's reduce-scatter already summed each shard's gradient over ranks."""
+
+    def sync_weights(self, trained, model) -> None:
+        from harness.sharding import gather_into
+
+        gather_into(trained, model)
+
+
 _CURRENT: SingleProcess | None = None
+
+
+@contextlib.contextmanager
+def this_process_only():
+    """Within the block the loop trains on this process alone, whatever the launch.
+
+    For work the main process does while the other ranks wait (the relearning attack on the
+    weights it evaluates): a collective there would wait for ranks that never join it.
+    """
+    global _CURRENT
+    saved = _CURRENT
+    _CURRENT = SingleProcess(saved.device if saved is not None else None)
+    try:
+        yield
+    finally:
+        _CURRENT = saved
 
 
 def launched_world_size() -> int:
@@ -153,15 +223,21 @@ def current(device: torch.device | None = None) -> SingleProcess:
         return _CURRENT
     if launched_world_size() <= 1:
         return SingleProcess(device)
-    for env, what in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
-        if os.environ.get(env, "false").lower() == "true":
-            raise HarnessError(
-                f"the unlearning loop runs data-parallel (every process holds the whole model); {what} is not "
-                "supported yet. Launch with `accelerate launch --multi_gpu --num_processes N -m harness.cli run ...`."
-            )
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise HarnessError(
+            "DeepSpeed is not supported by the unlearning loop. For a model whose training state does not fit one "
+            "device launch with FSDP (`accelerate launch --use_fsdp --num_processes N -m harness.cli run ...`), "
+            "otherwise data-parallel (`accelerate launch --multi_gpu --num_processes N -m harness.cli run ...`)."
+        )
+    settings = None
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        from harness.sharding import FsdpSettings
+
+        settings = FsdpSettings.from_env()   # refuses the options the harness does not implement, before any work
     from accelerate import PartialState
 
     cpu = device is not None and device.type == "cpu"
     # Evaluation runs on the main process alone while the others wait: give it hours, not minutes.
-    _CURRENT = MultiProcess(PartialState(cpu=cpu, timeout=datetime.timedelta(hours=6)))
+    state = PartialState(cpu=cpu, timeout=datetime.timedelta(hours=6))
+    _CURRENT = MultiProcess(state) if settings is None else ShardedProcesses(state, settings)
     return _CURRENT

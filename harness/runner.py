@@ -51,7 +51,7 @@ from harness.results import (
     versions,
     write_record,
 )
-from harness.training import TrainConfig, epoch_plan, train
+from harness.training import TrainConfig, check_shardable, epoch_plan, train
 
 
 #: where ad-hoc runs write (git-ignored); the committed records of the default run live in results/
@@ -135,9 +135,6 @@ class Runner:
         self.results_dir = Path(req.results_dir) if req.results_dir is not None else None
         self._check_needs()
         attack_names = parse_attacks(self.eval_cfg.attacks)   # validated up front, like everything above
-        if "relearn" in attack_names and self.ranks.world_size > 1:
-            raise HarnessError("the relearn attack fine-tunes on the main process alone, which a multi-process launch "
-                               "cannot do yet: run it without accelerate/torchrun, or keep only int8/int4 here.")
         self.attacks = Attacks(attack_names, cfgmod.build(AttackConfig, "attack", [self.overrides]), self.bench,
                                self.finetune_cfg, req.seed, self.bench_cls.columns, self.log) if attack_names else None
         self.model_label = req.model if not (req.target and req.model == RunRequest.model) else req.target
@@ -164,6 +161,9 @@ class Runner:
                         f"method '{name}' has no unlearning epochs (its model exists only at the end), so "
                         "eval.per_epoch does not apply to it. Leave it out of --methods, or turn eval.per_epoch off."
                     )
+        if self.ranks.sharded:
+            for name in self.methods:
+                check_shardable(self.method_cls[name](self.method_configs(name)[1]))
         if self.bench.retain_train():
             return
         for name in self.methods:
@@ -352,6 +352,8 @@ class Runner:
         }
         if self.ranks.world_size > 1:
             record["processes"] = self.ranks.world_size   # not part of the cell: the result does not depend on it
+            if self.ranks.sharded:
+                record["sharding"] = "fsdp"
         started = time.perf_counter()
         try:
             record.update(work() if self.ranks.is_main or kind == "method" else {"status": "evaluated by the main process"})

@@ -47,6 +47,9 @@ class MethodBatch:
     forget: TokenBatch
     forget_index: torch.Tensor            # positions of the forget items in the forget set
     retain: TokenBatch | None = None
+    # True for a pass whose loss the loop multiplies by 0: under FSDP a rank short of a micro-batch
+    # reruns one so that every rank joins the same collectives. A method may skip side effects then.
+    padding: bool = False
 
 
 @dataclass
@@ -98,6 +101,16 @@ class UnlearningMethod:
     def needs_of(self) -> frozenset[str]:
         """Needs can depend on the config (GradDiff's KL variant needs a reference model)."""
         return self.needs
+
+    def sharding_problem(self) -> str | None:
+        """Why this method (with its config) cannot train an FSDP-sharded model, or None when it can.
+
+        Under ``accelerate launch --use_fsdp`` the loop hands ``loss`` a sharded copy of the model
+        (harness/sharding.py): forward passes through the whole model work as usual, but its
+        parameters are shards (``torch.autograd.grad`` over them sees no gradient) and modules
+        taken from the model in ``before_training`` belong to the unsharded original.
+        """
+        return None
 
     def trainable_parameters(self, model) -> list[torch.nn.Parameter]:
         """The parameters the optimiser updates; the loop freezes all others during the run."""

@@ -115,6 +115,10 @@ class RMU(UnlearningMethod):
             )
         return chosen
 
+    def sharding_problem(self) -> str | None:
+        return ("rmu reads a decoder layer's hidden state and stops the forward pass there, which an FSDP-sharded "
+                "model (whose layers gather their weights as the forward pass reaches them) does not support")
+
     def before_training(self, model, ctx) -> None:
         """Draw u once per run from the run's seeded rng: uniform [0, 1) entries, unit length."""
         hidden = model.get_input_embeddings().weight.shape[1]

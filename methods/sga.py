@@ -174,6 +174,12 @@ class SmoothedGradientAscent(UnlearningMethod):
             picks = [ctx.rng.sample(range(len(retain)), need) for _ in index]
         return [[retain[p[k]] for p in picks] for k in range(need)]
 
+    def sharding_problem(self) -> str | None:
+        if self.config.auto:
+            return ("sga.r=auto takes gradients of its loss terms over the parameters inside the loss, which an "
+                    "FSDP-sharded model does not expose; set a fixed sga.r (e.g. -0.6)")
+        return None
+
     # -- the loss -------------------------------------------------------------------------------
     def loss(self, model, batch, ctx):
         K = self.config.K

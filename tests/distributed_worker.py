@@ -1,7 +1,9 @@
-"""Trains GA, NPO and GradDiff on the tiny model; run by test_distributed.py, alone or under torchrun.
+"""Trains GA, NPO and GradDiff on the tiny model; run by test_scale_out.py, alone or under torchrun
+(data-parallel, or FSDP with ACCELERATE_USE_FSDP=true).
 
-Each rank writes which forget items (and which retain items) its micro-batches held; the main
-process also writes the trained weights. Not a test module itself (no ``test_`` prefix).
+Each rank writes which forget items (and which retain items) its micro-batches held, not counting
+FSDP's weight-0 padding passes, and how many parameter elements it stores locally out of the whole;
+the main process also writes the trained weights. Not a test module itself (no ``test_`` prefix).
 """
 from __future__ import annotations
 
@@ -30,13 +32,21 @@ def run_all(out: Path) -> None:
     seen: dict[str, dict[str, list]] = {}
     weights = {}
     for cls in (GradientAscent, NPO, GradDiff):
-        log = seen.setdefault(cls.name, {"forget": [], "retain": []})
+        log = seen.setdefault(cls.name, {"forget": [], "retain": [], "padding_passes": 0})
 
         class Recording(cls):
             def loss(self, model, batch, ctx, _log=log):
-                _log["forget"] += batch.forget_index.tolist()
-                if batch.retain is not None:
-                    _log["retain"] += batch.retain.input_ids.tolist()
+                if batch.padding:
+                    _log["padding_passes"] += 1
+                else:
+                    _log["forget"] += batch.forget_index.tolist()
+                    if batch.retain is not None:
+                        _log["retain"] += batch.retain.input_ids.tolist()
+                if "storage" not in _log:   # elements this rank holds (its shards) out of the model's total
+                    params = list(model.parameters())
+                    local = [p.to_local() if hasattr(p, "to_local") else p for p in params]
+                    _log["storage"] = {"local": sum(t.numel() for t in local), "total": sum(p.numel() for p in params),
+                                       "sharded": all(hasattr(p, "to_local") for p in params)}
                 return super().loss(model, batch, ctx)
 
         model, tok = build_tiny_random()

@@ -1,6 +1,7 @@
-"""Beyond one process: one cell on two processes (gloo, CPU) gives the single-process result, each rank
-sees other examples; cells on Ray and on submitit's local executor give the serial run's records;
-two concurrent runs on one results folder compute each cell once (claims)."""
+"""Beyond one process: one cell on two processes (gloo, CPU), data-parallel or FSDP-sharded, gives the
+single-process result, each rank sees other examples (and under FSDP holds another shard); cells on
+Ray and on submitit's local executor give the serial run's records; two concurrent runs on one
+results folder compute each cell once (claims)."""
 from __future__ import annotations
 
 import importlib.util
@@ -37,15 +38,22 @@ def _seen(folder: Path, rank: int) -> dict:
     return json.loads((folder / f"seen-rank{rank}.json").read_text())
 
 
+WORKER = str(REPO / "tests" / "distributed_worker.py")
+
+
+def _torchrun_worker(out: Path, **env) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), WORKER, str(out)]
+    proc = subprocess.run(cmd, env={**_env(), **env}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def two_and_one(tmp_path_factory):
     """The worker's three trainings under torchrun with 2 processes, and in one plain process."""
     two, one = tmp_path_factory.mktemp("two"), tmp_path_factory.mktemp("one")
-    worker = str(REPO / "tests" / "distributed_worker.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), worker, str(two)]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    worker = WORKER
+    _torchrun_worker(two)
     spec = importlib.util.spec_from_file_location("distributed_worker", worker)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -53,9 +61,22 @@ def two_and_one(tmp_path_factory):
     return two, one
 
 
+@pytest.fixture(scope="module")
+def fsdp_and_one(tmp_path_factory, two_and_one):
+    """The same trainings under torchrun with 2 FSDP-sharded processes (what `accelerate launch --use_fsdp` sets)."""
+    fsdp = tmp_path_factory.mktemp("fsdp")
+    _torchrun_worker(fsdp, ACCELERATE_USE_FSDP="true")
+    return fsdp, two_and_one[1]
+
+
+@pytest.fixture(params=["data-parallel", "fsdp"])
+def launched_and_one(request, two_and_one):
+    return two_and_one if request.param == "data-parallel" else request.getfixturevalue("fsdp_and_one")
+
+
 @pytest.mark.parametrize("method", ["ga", "npo", "graddiff"])
-def test_two_processes_train_the_same_weights(two_and_one, method):
-    two, one = two_and_one
+def test_two_processes_train_the_same_weights(launched_and_one, method):
+    two, one = launched_and_one
     w2, w1 = torch.load(two / "weights.pt")[method], torch.load(one / "weights.pt")[method]
     start = build_tiny_random()[0].float().state_dict()
     moved = max((w1[k] - start[k]).abs().max().item() for k in w1)
@@ -66,8 +87,8 @@ def test_two_processes_train_the_same_weights(two_and_one, method):
 
 
 @pytest.mark.parametrize("method", ["ga", "npo", "graddiff"])
-def test_each_rank_sees_other_examples_and_together_the_single_order(two_and_one, method):
-    two, one = two_and_one
+def test_each_rank_sees_other_examples_and_together_the_single_order(launched_and_one, method):
+    two, one = launched_and_one
     r0, r1, single = _seen(two, 0)[method], _seen(two, 1)[method], _seen(one, 0)[method]
     assert r0["forget"] and r1["forget"]
     # 10 items, 3 steps of 4, 4, 2 items in micro-batches of 2: rank 0 gets micro-batches 0 and 2 of
@@ -84,6 +105,31 @@ def test_each_rank_sees_other_examples_and_together_the_single_order(two_and_one
         assert sorted(map(str, r0["retain"] + r1["retain"])) == sorted(map(str, single["retain"]))
 
 
+@pytest.mark.parametrize("method", ["ga", "npo", "graddiff"])
+def test_fsdp_ranks_hold_different_shards_and_pad_the_short_step(fsdp_and_one, two_and_one, method):
+    fsdp = fsdp_and_one[0]
+    r0, r1 = _seen(fsdp, 0)[method], _seen(fsdp, 1)[method]
+    total = sum(p.numel() for p in build_tiny_random()[0].parameters())
+    for rank in (r0, r1):
+        assert rank["storage"]["sharded"] and rank["storage"]["total"] == total
+        assert 0 < rank["storage"]["local"] < total, "a rank stores a strict part of the model"
+    assert r0["storage"]["local"] + r1["storage"]["local"] == total, "the shards together are the whole model"
+    # step 3 has one micro-batch: rank 1 joins FSDP's collectives with one weight-0 padding pass
+    assert (r0["padding_passes"], r1["padding_passes"]) == (0, 1)
+    dp = _seen(two_and_one[0], 0)[method]
+    assert "padding_passes" in dp and dp["padding_passes"] == 0 and not dp["storage"]["sharded"]
+    assert dp["storage"]["local"] == total, "data-parallel: every rank holds the whole model"
+
+
+def test_sharded_passes_are_padded_to_the_same_count():
+    ranks = [object.__new__(distributed.ShardedProcesses) for _ in range(3)]
+    for rank, r in enumerate(ranks):
+        r.rank, r.world_size = rank, 3
+    assert [r.passes(4) for r in ranks] == [[(0, False), (3, False)], [(1, False), (0, True)], [(2, False), (0, True)]]
+    assert [r.passes(3) for r in ranks] == [[(0, False)], [(1, False)], [(2, False)]]
+    assert distributed.SINGLE.passes(3) == [(0, False), (1, False), (2, False)]
+
+
 def test_a_plain_process_is_single_and_untouched(tiny):
     assert distributed.launched_world_size() == 1
     ranks = distributed.current(torch.device("cpu"))
@@ -92,13 +138,36 @@ def test_a_plain_process_is_single_and_untouched(tiny):
     assert ranks.sum_step(1.5, {"a": 2.0}, True) == (1.5, {"a": 2.0}, True)
 
 
-def test_fsdp_launch_is_refused_with_the_reason(monkeypatch):
+@pytest.mark.parametrize("env, message", [
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, "DeepSpeed is not supported.*--use_fsdp"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_OFFLOAD_PARAMS": "true"}, "parameter offloading .* not supported"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "HYBRID_SHARD"}, "HYBRID_SHARD is not supported.*FULL_SHARD"),
+])
+def test_unsupported_launch_options_are_refused_with_the_fix(monkeypatch, env, message):
     from harness.errors import HarnessError
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    with pytest.raises(HarnessError, match="FSDP is not supported yet.*--multi_gpu"):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(HarnessError, match=message):
         distributed.current(torch.device("cpu"))
+
+
+def test_methods_that_cannot_shard_are_refused_before_any_work(monkeypatch, tmp_path):
+    """Under FSDP, RMU and SGA's automatic r are refused when the run is set up; a fixed r and GA are not."""
+    from harness.errors import HarnessError
+    from harness.runner import RunRequest, Runner
+
+    class FakeSharded(distributed.SingleProcess):
+        sharded = True
+
+    monkeypatch.setattr(distributed, "_CURRENT", FakeSharded(torch.device("cpu")))
+    base = dict(benchmark="synthetic", model="tiny-random", limit=4, results_dir=tmp_path / "r", save_models=False)
+    with pytest.raises(HarnessError, match="method 'rmu' cannot train under FSDP.*--multi_gpu"):
+        Runner(RunRequest(methods="ga,rmu", **base))
+    with pytest.raises(HarnessError, match="method 'sga' cannot train under FSDP: sga.r=auto.*fixed sga.r"):
+        Runner(RunRequest(methods="sga", overrides={"sga.r": "auto"}, **base))
+    Runner(RunRequest(methods="ga,npo,graddiff,sga", **base))   # sga with its default fixed r shards
 
 
 RUN = ["run", "--methods", "ga,npo", "--benchmark", "synthetic", "--model", "tiny-random", "--limit", "4",
@@ -131,12 +200,14 @@ def assert_same_records(serial_dir: Path, other_dir: Path) -> None:
     assert not list(other_dir.glob("**/*.claim")), "claims are removed once records are written"
 
 
-def test_accelerate_launch_gives_the_single_process_records_and_weights(tmp_path, serial):
-    """`accelerate launch -m harness.cli run` with 2 processes = a plain run: scores 1e-4, weights 1e-5."""
+@pytest.mark.parametrize("mode", ["--multi_gpu", "--use_fsdp"])
+def test_accelerate_launch_gives_the_single_process_records_and_weights(tmp_path, serial, mode):
+    """`accelerate launch -m harness.cli run` with 2 processes (data-parallel or FSDP) = a plain run:
+    scores 1e-4, weights 1e-5; target and retain models are prepared the same way."""
     from safetensors.torch import load_file
 
     env = {**_env(), "HARNESS_CACHE": str(tmp_path / "cache2")}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+    launch = [sys.executable, "-m", "accelerate.commands.launch", mode, "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               "--main_process_port", str(_free_port()), "-m", "harness.cli"]
     two = subprocess.run(launch + RUN + ["--results-dir", str(tmp_path / "r2"), "--models-dir", str(tmp_path / "m2")],
@@ -149,9 +220,38 @@ def test_accelerate_launch_gives_the_single_process_records_and_weights(tmp_path
         r2 = json.loads((tmp_path / "r2" / path.relative_to(serial / "r")).read_text())
         if r1["kind"] == "method":
             assert r2["processes"] == 2 and "processes" not in r1
+            assert r2.get("sharding") == ("fsdp" if mode == "--use_fsdp" else None)
             w1 = load_file(next((serial / "m").glob(f"**/{r1['method']}/*/model.safetensors")))
             w2 = load_file(next((tmp_path / "m2").glob(f"**/{r1['method']}/*/model.safetensors")))
             assert max((w1[k] - w2[k]).abs().max().item() for k in w1) <= 1e-5
+
+
+def test_attacks_under_a_launch_relearn_on_the_main_process_alone(tmp_path):
+    """The relearning attack trains on the main process while the other ranks wait: a launched run
+    with attacks finishes (no collective waits for absent ranks) and scores them as a plain run does."""
+    attacked = ["run", "--methods", "ga", "--benchmark", "synthetic", "--model", "tiny-random", "--limit", "4",
+                "--set", "train.max_steps=2", "--set", "train.global_batch=4", "--set", "train.micro_batch=1",
+                "--set", "eval.attacks=relearn", "--set", "attack.relearn_steps=2", "--no-save-models"]
+    env = {**_env(), "HARNESS_CACHE": str(tmp_path / "cache")}
+    one = subprocess.run([sys.executable, "-m", "harness.cli"] + attacked + ["--results-dir", str(tmp_path / "r1")],
+                         env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert one.returncode == 0, one.stderr[-3000:]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(_free_port()), "-m", "harness.cli"]
+    two = subprocess.run(launch + attacked + ["--results-dir", str(tmp_path / "r2"), "--no-eval-cache"],
+                         env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert_same_records(tmp_path / "r1", tmp_path / "r2")
+    compared = 0
+    for path in sorted((tmp_path / "r1").glob("*/*/*/*.json")):
+        a1 = json.loads(path.read_text()).get("attacks", {}).get("relearn", {})
+        a2 = json.loads((tmp_path / "r2" / path.relative_to(tmp_path / "r1")).read_text())["attacks"]["relearn"]
+        for key, value in a1.get("aggregates", {}).items():
+            if isinstance(value, (int, float)):
+                assert a2["aggregates"][key] == pytest.approx(value, abs=1e-4), (path.name, key)
+                compared += 1
+    assert compared > 0, "the relearning attack's scores were compared"
 
 
 def _executor_run(tmp_path, serial, *executor_args) -> subprocess.CompletedProcess:
