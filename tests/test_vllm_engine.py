@@ -164,9 +164,10 @@ def test_eval_with_vllm_gives_the_hf_leaderboard_cells(runtime, tmp_path, monkey
     from harness.bench_engines import same_cells
     from harness.runner import RunRequest, Runner, RunSummary
 
-    def evaluate(engine, reuse=None):
+    def evaluate(engine, reuse=None, logprobs="auto"):
         req = RunRequest(benchmark="synthetic", model="smollm2-135m", target="smollm2-135m", limit=2, engine=engine,
-                         results_dir=tmp_path / engine, save_models=False, eval_cache=False)
+                         results_dir=tmp_path / f"{engine}-{logprobs}", save_models=False, eval_cache=False,
+                         overrides={"eval.vllm_logprobs": logprobs})
         runner = Runner(req, None, log=lambda m: None)
         if reuse is not None:
             runner.engines.runtime = reuse   # the module's running vLLM, instead of a second start
@@ -177,11 +178,15 @@ def test_eval_with_vllm_gives_the_hf_leaderboard_cells(runtime, tmp_path, monkey
             runner.close()
 
     assert EvalConfig().vllm_dtype == "auto"
-    runner, with_vllm = evaluate("vllm", runtime)
+    runner, with_vllm = evaluate("vllm", runtime, logprobs="vllm")   # vLLM's own prompt log-probs
+    _, cpu_default = evaluate("vllm", runtime)                        # auto on a CPU: HF scores the log-probs
     _, with_hf = evaluate("hf")
-    assert with_vllm["status"] == with_hf["status"] == "ok"
+    assert with_vllm["status"] == with_hf["status"] == cpu_default["status"] == "ok"
     assert set(with_vllm["eval_engines"]["served"]["generation"]) == {"vllm"}
     assert set(with_vllm["eval_engines"]["served"]["logprobs"]) == {"vllm"}
+    assert cpu_default["eval_engines"]["served"] == {"generation": {"vllm": with_hf["eval_counts"]["generation_requests"]},
+                                                     "logprobs": {"hf": with_hf["eval_counts"]["logprob_requests"]}}
+    assert cpu_default["aggregates"] == with_hf["aggregates"]   # same generations, the same HF log-probs
     assert with_vllm["eval_engines"]["settings"]["vllm"]["dtype"] == "float32"
     assert same_cells(runner.bench_cls, with_vllm["aggregates"], with_hf["aggregates"])
     for key, value in with_hf["aggregates"].items():
