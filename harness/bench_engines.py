@@ -119,7 +119,9 @@ def report_engines(bench, loaded, args, device, folder: Path | None, out=print, 
         ratios[stage] = a / b if b else 0.0
         rate = (lambda t: f"{n / t:11.1f}" if n and t else f"{'':>11}")  # noqa: E731
         out(f"{stage:<12} | {a:8.2f} | {b:7.2f} | {rate(a)} | {rate(b)} | {ratios[stage]:9.2f}x")
-    out(f"vLLM start-up (import + LLM()) and warm-up: {start_s:.1f} s; model switch (weights written, then reloaded in place): {switch_s:.2f} s")
+    threads = f"; OpenMP threads bound to cores {runtime.binding()}" if device.type == "cpu" else ""
+    out(f"vLLM start-up (import + LLM()) and warm-up: {start_s:.1f} s; model switch (weights written, then reloaded in place): "
+        f"{switch_s:.2f} s{threads}")
     out(f"peak memory: this process {hf_memory:.0f} MiB (HF engine and model); vLLM engine processes {vllm_memory:.0f} MiB")
     pairs = [(x, y) for name in hf.generations for x, y in zip(hf.generations[name], vl.generations[name])]
     out(f"generations identical: {'yes' if same_text else 'no'} ({sum(x == y for x, y in pairs)}/{len(pairs)}); "

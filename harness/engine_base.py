@@ -136,11 +136,12 @@ class RoutedEngine(Engine):
         return {"served": {k: v for k, v in self.served.items() if v}, "settings": engines}
 
     def describe(self) -> dict:
-        """The HF engine's runtime choices (batch size, memory budget) for the record, where one is inside."""
-        for engine in (self.main, self.full):
+        """Both engines' runtime choices (HF: batch size, memory budget; vLLM: its CPU threads) for the record."""
+        out: dict = {}
+        for engine in (self.full, self.main):
             if engine is not None and hasattr(engine, "describe"):
-                return engine.describe()
-        return {}
+                out.update(engine.describe())
+        return out
 
     @property
     def counts(self) -> dict:

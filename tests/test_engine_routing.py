@@ -166,3 +166,24 @@ def test_which_engine_scores_log_probs_under_vllm_and_that_it_is_checked_up_fron
     with pytest.raises(HarnessError, match="eval.vllm_dtype must be one of"):
         cfgmod.build(EvalConfig, "eval", [{"eval.vllm_dtype": "int4"}])
     assert "vllm_logprobs" in EVAL_NOT_IN_IDENTITY   # same scores either way: not a new cell
+
+
+def test_vllm_binds_the_threads_the_harness_chose_and_the_record_says_where(tiny):
+    """On a CPU vLLM's own `auto` binds all cores but one; the runtime binds the harness's thread count."""
+    import os
+
+    from harness.vllm_engine import cpu_binding
+
+    cores = sorted(os.sched_getaffinity(0))
+    assert cpu_binding(1) == str(cores[0])
+    assert cpu_binding(0) == str(cores[0])                       # never no thread
+    assert cpu_binding(len(cores) + 5) == ",".join(map(str, cores))   # never more than this process may use
+
+    class Described(NoDistribution):
+        def describe(self):
+            return {"vllm_omp_threads_bind": "0"}
+
+    model, tok = tiny
+    routed = RoutedEngine(Described(HFEngine(model, tok)), HFEngine(model, tok))
+    described = routed.describe()
+    assert described["vllm_omp_threads_bind"] == "0" and "memory_budget_gb" in described   # both engines' choices
