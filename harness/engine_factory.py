@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from harness.config import VLLM_DTYPES
 from harness.engine import HFEngine
 from harness.engine_base import RoutedEngine
 from harness.errors import HarnessError
@@ -43,8 +44,8 @@ def vllm_dtype(setting: str, model) -> str:
     """'auto' is the HF model's own dtype (fp32 on CPU, bf16 on GPU), so both engines compute alike."""
     if setting in ("", "auto"):
         return str(next(model.parameters()).dtype).removeprefix("torch.")
-    if setting not in ("float32", "bfloat16", "float16"):
-        raise HarnessError(f"eval.vllm_dtype must be auto, float32, bfloat16 or float16, got '{setting}'.")
+    if setting not in VLLM_DTYPES:
+        raise HarnessError(f"eval.vllm_dtype must be one of {', '.join(VLLM_DTYPES)}, got '{setting}'.")
     return setting
 
 

@@ -464,7 +464,8 @@ class Runner:
         prefetch_imports(SLOW_SCORING_IMPORTS)
         started = time.perf_counter()
         before = {k: len(v) for k, v in self.engines.timings().items()}
-        outputs = run_plan(engine, bench.eval_plan(), self.progress)
+        plan = bench.eval_plan()
+        outputs = run_plan(engine, plan, self.progress)
         self.engines.release()   # vLLM gives GPU memory back before training needs it
         engine_times = {k: sum(v[before.get(k, 0):]) for k, v in self.engines.timings().items()}
         scores = bench.score(outputs, reference)
@@ -474,7 +475,7 @@ class Runner:
             self.log(f"warning: {bench.name}: {warning}")
         return {
             "aggregates": scores.aggregates, "per_sample": scores.per_sample, "missing": scores.missing,
-            "reference_values": scores.reference_values, "truncated": {"eval": self._eval_truncation(loaded.tokenizer)},
+            "reference_values": scores.reference_values, "truncated": {"eval": self._eval_truncation(loaded.tokenizer, bench, plan)},
             "warnings": scores.warnings, "scoring_deviations": scores.deviations,
             "resolved_settings": bench.resolved_settings(),
             "timings": {**outputs.timings, **{k: round(v, 3) for k, v in engine_times.items() if v},
@@ -484,11 +485,12 @@ class Runner:
             "eval_runtime": {**engine.describe(), **threads.describe()},
         }
 
-    def _eval_truncation(self, tokenizer) -> dict[str, int]:
-        """Items of each request list longer than eval.max_length (counted once per tokenizer); warns."""
-        key = (type(tokenizer).__name__, getattr(tokenizer, "name_or_path", ""), len(tokenizer))
+    def _eval_truncation(self, tokenizer, bench, plan) -> dict[str, int]:
+        """Items of each request list of the evaluated ``plan`` longer than eval.max_length (counted once
+        per tokenizer and benchmark view: the attacks score a subset); warns."""
+        key = (type(tokenizer).__name__, getattr(tokenizer, "name_or_path", ""), len(tokenizer), id(bench))
         if key not in self._eval_cut:
-            self._eval_cut[key] = truncation.eval_counts(tokenizer, self.bench.eval_plan(), self.eval_cfg.max_length)
+            self._eval_cut[key] = truncation.eval_counts(tokenizer, plan, self.eval_cfg.max_length)
         counts = self._eval_cut[key]
         self._warn(truncation.warning(counts, "eval.max_length", self.eval_cfg.max_length, "evaluation"))
         return counts
