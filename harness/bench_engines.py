@@ -5,9 +5,10 @@ Figures, not a timed test. Both engines evaluate the benchmark's whole plan on t
 requests that need the full distribution answered by the HF engine, as in a run). Reported:
 wall time and tokens per second of each stage, vLLM's start-up (import and ``LLM()``) and the
 time to switch to another model's weights (a reload of the same weights from another folder),
-peak memory of this process and of vLLM's engine processes, and whether the scores are the
-same: generations identical, the largest aggregate difference, and whether every leaderboard
-cell prints the same. The last line reads
+peak memory of this process and of vLLM's engine processes, how close each engine's decoding
+of one sequence comes to the memory-bandwidth bound (``harness/roofline.py``), and whether the
+scores are the same: generations identical, the largest aggregate difference, and whether every
+leaderboard cell prints the same. The last line reads
 ``vllm vs hf: generation X.XXx, log-probs Y.YYx, evaluation Z.ZZx (scores identical at the precision shown: yes|no)``.
 """
 from __future__ import annotations
@@ -23,6 +24,10 @@ from harness.engine import HFEngine
 from harness.engine_base import RoutedEngine
 from harness.engine_factory import vllm_dtype
 from harness.evaluation import EvalPlan, run_plan
+from harness.roofline import copy_bandwidth, kv_bytes_per_token, measure_decoding, streamed_weight_bytes
+
+#: decoding steps timed for the bandwidth figure (one sequence, no early end)
+DECODE_STEPS = 64
 
 
 def _warm_plan(plan: EvalPlan) -> EvalPlan:
@@ -99,6 +104,7 @@ def report_engines(bench, loaded, args, device, folder: Path | None, out=print, 
         switch_s = time.perf_counter() - started
         vllm_memory = child_peak_memory_mb()
         served = engine.served
+        decoding = decoding_lines(runtime, model, tok, hf_engine().prompt_ids(_first_prompt(plan)), dtype, device)
     finally:
         if own:
             runtime.close()
@@ -123,6 +129,8 @@ def report_engines(bench, loaded, args, device, folder: Path | None, out=print, 
     out(f"vLLM start-up (import + LLM()) and warm-up: {start_s:.1f} s; model switch (weights written, then reloaded in place): "
         f"{switch_s:.2f} s{threads}")
     out(f"peak memory: this process {hf_memory:.0f} MiB (HF engine and model); vLLM engine processes {vllm_memory:.0f} MiB")
+    for line in decoding:
+        out(line)
     pairs = [(x, y) for name in hf.generations for x, y in zip(hf.generations[name], vl.generations[name])]
     out(f"generations identical: {'yes' if same_text else 'no'} ({sum(x == y for x, y in pairs)}/{len(pairs)}); "
         f"largest aggregate difference: {gap:.2e}; "
@@ -130,3 +138,39 @@ def report_engines(bench, loaded, args, device, folder: Path | None, out=print, 
     out(f"vllm vs hf: generation {ratios['generation']:.2f}x, log-probs {ratios['log-prob']:.2f}x, evaluation "
         f"{ratios['evaluation']:.2f}x (scores identical at the precision shown: {'yes' if same_text and cells else 'no'})")
     return ratios["evaluation"]
+
+
+def _first_prompt(plan: EvalPlan):
+    return next(r.prompt for requests in plan.generations.values() for r in requests)
+
+
+def decoding_lines(runtime, model, tokenizer, prompt_ids: list[int], vllm_dtype: str, device, steps: int = DECODE_STEPS) -> list[str]:
+    """Each engine decoding ``steps`` tokens of one sequence after the plan's first prompt (EOS
+    ignored, so every step runs), against the memory-bandwidth bound at the copy bandwidth measured
+    on ``device``. The HF side is transformers' ``generate`` (the engine's own loop stops at EOS)."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    bandwidth = copy_bandwidth(device)
+    kv = lambda size: kv_bytes_per_token(model.config, size)  # noqa: E731
+    vllm_bytes = getattr(torch, vllm_dtype).itemsize
+    hf_bytes = next(model.parameters()).element_size()
+
+    def vllm_generate(n: int) -> None:
+        params = SamplingParams(temperature=0.0, max_tokens=n, min_tokens=n, ignore_eos=True, detokenize=False)
+        runtime.llm.generate([TokensPrompt(prompt_token_ids=prompt_ids)], params, use_tqdm=False)
+
+    ids = torch.tensor([prompt_ids], device=model.device)
+
+    @torch.inference_mode()
+    def hf_generate(n: int) -> None:
+        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                       do_sample=False, pad_token_id=tokenizer.pad_token_id)
+
+    figures = [("vLLM", measure_decoding(vllm_generate, len(prompt_ids), steps,
+                                         streamed_weight_bytes(model, vllm_bytes), kv(vllm_bytes), bandwidth)),
+               ("HF (transformers generate)", measure_decoding(hf_generate, len(prompt_ids), steps,
+                                                               streamed_weight_bytes(model, hf_bytes), kv(hf_bytes), bandwidth))]
+    head = (f"decoding one sequence ({len(prompt_ids)}-token prompt, {steps} steps) against the memory-bandwidth bound at "
+            f"{bandwidth / 1e9:.1f} GB/s ({device.type} copy bandwidth, measured): ")
+    return [head + "; ".join(figure.line(name) for name, figure in figures)]

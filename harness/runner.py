@@ -416,16 +416,19 @@ class Runner:
             raise MethodSettingsError(str(exc)) from None
         if not self.ranks.is_main:  # the other ranks only train; the main process evaluates and saves
             return {"status": result.status, "training": result.summary(), "timings": {}}
-        if result.status != "ok":  # diverged: the weights at that point, whatever the rule
-            out = self._evaluate(loaded, reference)
-            chosen = selection.Selection(self.rule.name, None, f"the run diverged at step {result.diverged_at_step}; "
-                                         "scores are of the weights at that point, no epoch was selected")
-        elif per_epoch is None:
-            out = self._evaluate(loaded, reference)
-            chosen = self._select([{"epoch": final_epoch, "aggregates": out["aggregates"]}])
-        else:
+        scored_per_epoch = per_epoch is not None and result.status == "ok"
+        if scored_per_epoch:  # evaluated at each epoch's end; the chosen epoch's weights go back into the model
             chosen = self._select(per_epoch.epochs)
             out = per_epoch.take(chosen)
+        # the reported weights are saved before they are scored: vLLM then loads this copy instead of writing another
+        saved = self._save(loaded, method.name, resolved) if self.req.save_models else None
+        if result.status != "ok":  # diverged: the weights at that point, whatever the rule
+            out = self._evaluate(loaded, reference, folder=saved)
+            chosen = selection.Selection(self.rule.name, None, f"the run diverged at step {result.diverged_at_step}; "
+                                         "scores are of the weights at that point, no epoch was selected")
+        elif not scored_per_epoch:
+            out = self._evaluate(loaded, reference, folder=saved)
+            chosen = self._select([{"epoch": final_epoch, "aggregates": out["aggregates"]}])
         out["selection"] = chosen.as_record()
         if self.attacks:  # stage: attacked copies of the reported weights, scored like every evaluation
             started = time.perf_counter()
@@ -437,11 +440,15 @@ class Runner:
         out.update({"status": result.status, "model_source": portable_path(loaded.source), "training": result.summary()})
         out["truncated"] = {**out["truncated"], "train": train_cut}
         out["timings"]["train_s"] = round(result.seconds, 3)
-        if self.req.save_models:
-            folder = (self.req.models_dir or cache_root() / "unlearned") / self.bench.name / slug(self.model_label) / method.name / f"{config_id(resolved)}-seed{self.req.seed}"
-            save_model_atomically(loaded, folder)
-            out["model_path"] = portable_path(folder)
+        if saved is not None:
+            out["model_path"] = portable_path(saved)
         return out
+
+    def _save(self, loaded, method_name: str, resolved) -> Path:
+        folder = ((self.req.models_dir or cache_root() / "unlearned") / self.bench.name / slug(self.model_label)
+                  / method_name / f"{config_id(resolved)}-seed{self.req.seed}")
+        save_model_atomically(loaded, folder)
+        return folder
 
     def _select(self, epochs: list[dict]) -> selection.Selection:
         return selection.select(self.eval_cfg.select, epochs, self.bench_cls.columns, self.retain_aggregates,

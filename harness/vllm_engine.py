@@ -93,7 +93,9 @@ class VLLMRuntime:
         self.asleep = False
         self.start_s: list[float] = []
         self.switch_s: list[float] = []
+        self.write_s: list[float] = []   # writing weights from memory for vLLM to read (0 for a saved folder)
         self._scratch: Path | None = None   # weights written from memory, removed on close
+        self.loaded_path: Path | None = None   # the folder the loaded weights came from
 
     def scratch(self) -> Path:
         if self._scratch is None:
@@ -105,7 +107,9 @@ class VLLMRuntime:
         if self.owner is owner:
             self._wake()
             return
-        path = folder()
+        started = time.perf_counter()
+        path = folder()   # a saved folder, or the weights written from memory now
+        self.write_s.append(round(time.perf_counter() - started, 3))
         if self.llm is None or signature != self.signature:
             self.close(keep_scratch=True)
             self._start(path)
@@ -117,6 +121,15 @@ class VLLMRuntime:
             self.llm.reset_prefix_cache()
             self.switch_s.append(round(time.perf_counter() - started, 3))
         self.owner, self.signature = owner, signature
+        self._drop_scratch_copy(keep=path)
+
+    def _drop_scratch_copy(self, keep: Path) -> None:
+        """Remove the weights this runtime wrote for the model it served before, once another's are
+        loaded: a run's scratch holds one model's copy, not one per evaluated model (16 copies of
+        even a 135M model filled a disk). An engine switched back to writes its copy again."""
+        previous, self.loaded_path = self.loaded_path, keep
+        if previous is not None and previous != keep and self._scratch is not None and previous.parent == self._scratch:
+            shutil.rmtree(previous, ignore_errors=True)
 
     def _start(self, path: Path) -> None:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -166,10 +179,10 @@ class VLLMRuntime:
         self.asleep = False
         if self._scratch is not None and not keep_scratch:
             shutil.rmtree(self._scratch, ignore_errors=True)
-            self._scratch = None
+            self._scratch = self.loaded_path = None
 
     def timings(self) -> dict:
-        return {"vllm_start_s": self.start_s, "vllm_switch_s": self.switch_s}
+        return {"vllm_start_s": self.start_s, "vllm_switch_s": self.switch_s, "vllm_write_s": self.write_s}
 
 
 class VLLMEngine(TokenizedEngine):

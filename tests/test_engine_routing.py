@@ -187,3 +187,39 @@ def test_vllm_binds_the_threads_the_harness_chose_and_the_record_says_where(tiny
     routed = RoutedEngine(Described(HFEngine(model, tok)), HFEngine(model, tok))
     described = routed.describe()
     assert described["vllm_omp_threads_bind"] == "0" and "memory_budget_gb" in described   # both engines' choices
+
+
+def test_a_vllm_runtime_keeps_one_written_copy_of_weights(tiny, tmp_path, monkeypatch):
+    """Each evaluated model's weights are written for vLLM to read; once another model is loaded the
+    previous copy goes (a run kept all 16 and filled the disk), a saved folder is never removed,
+    and a model switched back to is written again."""
+    from types import SimpleNamespace
+
+    from harness.runner import save_model_atomically
+    from harness.vllm_engine import VLLMEngine, VLLMRuntime
+
+    runtime = VLLMRuntime("float32", "cpu", log=lambda m: None)
+    reloads = []
+    fake = SimpleNamespace(collective_rpc=lambda name, kwargs=None: reloads.append((name, kwargs)),
+                           reset_prefix_cache=lambda: None,
+                           llm_engine=SimpleNamespace(engine_core=SimpleNamespace(shutdown=lambda: None)))
+    monkeypatch.setattr(runtime, "_start", lambda path: setattr(runtime, "llm", fake))
+    model, tok = tiny
+    saved = tmp_path / "saved"
+    save_model_atomically(SimpleNamespace(model=model, tokenizer=tok), saved)
+    a, b, c = VLLMEngine(runtime, model, tok), VLLMEngine(runtime, model, tok), VLLMEngine(runtime, model, tok, folder=saved)
+
+    a._llm()
+    first = runtime.loaded_path
+    assert (first / "model.safetensors").is_file() and first.parent == runtime.scratch()
+    b._llm()
+    assert not first.exists() and runtime.loaded_path.is_dir()
+    assert reloads[0] == ("reload_weights", {"weights_path": str(runtime.loaded_path)})
+    c._llm()
+    assert list(runtime.scratch().iterdir()) == [] and runtime.loaded_path == saved
+    a._llm()
+    assert (first / "model.safetensors").is_file() and saved.is_dir()   # written again; the saved folder stays
+    assert len(runtime.write_s) == 4 and len(runtime.switch_s) == 3
+    scratch = runtime.scratch()
+    runtime.close()
+    assert not scratch.exists() and saved.is_dir()

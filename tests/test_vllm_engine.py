@@ -8,6 +8,7 @@ the outputs must be the new model's. One vLLM runtime serves the whole module: i
 """
 import importlib.util
 import os
+import re
 
 import pytest
 
@@ -157,6 +158,9 @@ def test_bench_reports_vllm_against_hf(runtime, smol):
     assert runtime.llm is not None   # a runtime it was given stays running
     assert lines[-1].startswith("vllm vs hf: generation ") and lines[-1].endswith("(scores identical at the precision shown: yes)")
     assert any(line.startswith("generations identical: yes") for line in lines)
+    decoding = [line for line in lines if line.startswith("decoding one sequence")]
+    fractions = [float(x) for x in re.findall(r"([0-9.]+)% of the bound", decoding[0])]
+    assert len(decoding) == 1 and len(fractions) == 2 and all(f > 0 for f in fractions)   # vLLM's, HF's
 
 
 def test_eval_with_vllm_gives_the_hf_leaderboard_cells(runtime, tmp_path, monkeypatch):
