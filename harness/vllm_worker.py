@@ -9,6 +9,24 @@ extension re-ties the head to the embedding and re-runs its post-loading step.
 """
 from __future__ import annotations
 
+import logging
+
+#: layers a reload finds no weights for, by design: the tied head (refreshed below) and the
+#: rotary embedding (a cache computed from the config)
+EXPECTED_UNLOADED = ("ParallelLMHead", "RotaryEmbedding")
+
+
+class ExpectedReloadWarnings(logging.Filter):
+    """Drops vLLM's "<layer>: Failed to load weights" on each reload for the layers above only;
+    any other layer still warns. Without it every model switch logged two alarming lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        layer, _, rest = record.getMessage().partition(": ")
+        return not (rest == "Failed to load weights" and layer in EXPECTED_UNLOADED)
+
+
+logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(ExpectedReloadWarnings())
+
 
 class TiedHeadRefresh:
     """Methods added to vLLM's worker; called by name through ``LLM.collective_rpc``."""

@@ -223,3 +223,18 @@ def test_a_vllm_runtime_keeps_one_written_copy_of_weights(tiny, tmp_path, monkey
     scratch = runtime.scratch()
     runtime.close()
     assert not scratch.exists() and saved.is_dir()
+
+
+def test_only_the_expected_reload_warnings_are_dropped():
+    import logging
+
+    from harness.vllm_worker import ExpectedReloadWarnings
+
+    def record(message, *args):
+        return logging.LogRecord("vllm", logging.WARNING, __file__, 1, message, args, None)
+
+    keep = ExpectedReloadWarnings().filter
+    assert not keep(record("%s: Failed to load weights", "ParallelLMHead"))
+    assert not keep(record("%s: Failed to load weights", "RotaryEmbedding"))
+    assert keep(record("%s: Failed to load weights", "QKVParallelLinear"))   # a real problem still shows
+    assert keep(record("ParallelLMHead: something else"))
