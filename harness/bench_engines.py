@@ -104,7 +104,7 @@ def report_engines(bench, loaded, args, device, folder: Path | None, out=print, 
         switch_s = time.perf_counter() - started
         vllm_memory = child_peak_memory_mb()
         served = engine.served
-        decoding = decoding_lines(runtime, model, tok, hf_engine().prompt_ids(_first_prompt(plan)), dtype, device)
+        decoding = decoding_lines(runtime, model, tok, switch.prompt_ids(_first_prompt(plan)), dtype, device)
     finally:
         if own:
             runtime.close()
@@ -152,9 +152,6 @@ def decoding_lines(runtime, model, tokenizer, prompt_ids: list[int], vllm_dtype:
     from vllm.inputs import TokensPrompt
 
     bandwidth = copy_bandwidth(device)
-    kv = lambda size: kv_bytes_per_token(model.config, size)  # noqa: E731
-    vllm_bytes = getattr(torch, vllm_dtype).itemsize
-    hf_bytes = next(model.parameters()).element_size()
 
     def vllm_generate(n: int) -> None:
         params = SamplingParams(temperature=0.0, max_tokens=n, min_tokens=n, ignore_eos=True, detokenize=False)
@@ -167,10 +164,11 @@ def decoding_lines(runtime, model, tokenizer, prompt_ids: list[int], vllm_dtype:
         model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
                        do_sample=False, pad_token_id=tokenizer.pad_token_id)
 
-    figures = [("vLLM", measure_decoding(vllm_generate, len(prompt_ids), steps,
-                                         streamed_weight_bytes(model, vllm_bytes), kv(vllm_bytes), bandwidth)),
-               ("HF (transformers generate)", measure_decoding(hf_generate, len(prompt_ids), steps,
-                                                               streamed_weight_bytes(model, hf_bytes), kv(hf_bytes), bandwidth))]
+    decoders = (("vLLM", vllm_generate, getattr(torch, vllm_dtype).itemsize),
+                ("HF (transformers generate)", hf_generate, next(model.parameters()).element_size()))
+    lines = [measure_decoding(generate, len(prompt_ids), steps, streamed_weight_bytes(model, size),
+                              kv_bytes_per_token(model.config, size), bandwidth).line(name)
+             for name, generate, size in decoders]
     head = (f"decoding one sequence ({len(prompt_ids)}-token prompt, {steps} steps) against the memory-bandwidth bound at "
             f"{bandwidth / 1e9:.1f} GB/s ({device.type} copy bandwidth, measured): ")
-    return [head + "; ".join(figure.line(name) for name, figure in figures)]
+    return [head + "; ".join(lines)]

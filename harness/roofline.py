@@ -35,11 +35,16 @@ def kv_bytes_per_token(config, element_bytes: int) -> int:
     return 2 * config.num_hidden_layers * kv_heads * head_dim * element_bytes
 
 
-def bound_seconds(steps: int, context: int, weight_bytes: int, kv_per_token: int, bandwidth: float) -> float:
-    """The least time ``steps`` decoding steps after a ``context``-token prompt can take: step i
-    (from 0) reads the weights and the cache of ``context + i`` tokens."""
+def decode_bytes(steps: int, context: int, weight_bytes: int, kv_per_token: int) -> int:
+    """Bytes ``steps`` decoding steps after a ``context``-token prompt must read: step i (from 0)
+    reads the weights and the cache of ``context + i`` tokens."""
     cached_tokens = steps * context + steps * (steps - 1) // 2
-    return (steps * weight_bytes + cached_tokens * kv_per_token) / bandwidth
+    return steps * weight_bytes + cached_tokens * kv_per_token
+
+
+def bound_seconds(steps: int, context: int, weight_bytes: int, kv_per_token: int, bandwidth: float) -> float:
+    """The least time those steps can take at ``bandwidth`` bytes/s."""
+    return decode_bytes(steps, context, weight_bytes, kv_per_token) / bandwidth
 
 
 def copy_bandwidth(device: torch.device, mib: int = 256, repeats: int = 5) -> float:
@@ -69,8 +74,12 @@ class DecodeFigure:
 
     steps: int
     seconds: float
-    bound_s: float
-    streamed_bytes: float
+    streamed_bytes: int
+    bandwidth: float
+
+    @property
+    def bound_s(self) -> float:
+        return self.streamed_bytes / self.bandwidth
 
     @property
     def fraction(self) -> float:
@@ -92,8 +101,7 @@ def measure_decoding(generate, context: int, steps: int, weight_bytes: int, kv_p
     generate(2)
     one = min(_timed(generate, 1) for _ in range(repeats))
     many = min(_timed(generate, steps + 1) for _ in range(repeats))
-    bound = bound_seconds(steps, context + 1, weight_bytes, kv_per_token, bandwidth)
-    return DecodeFigure(steps, max(many - one, 1e-9), bound, bound * bandwidth)
+    return DecodeFigure(steps, max(many - one, 1e-9), decode_bytes(steps, context + 1, weight_bytes, kv_per_token), bandwidth)
 
 
 def _timed(generate, n: int) -> float:
