@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Collection
 
-from harness.batching import Example
+from harness.data.batching import Example
 from harness.errors import HarnessError
-from harness.evaluation import EvalPlan, PlanOutputs
+from harness.engines.plan import EvalPlan, PlanOutputs
 from harness.leaderboard.columns import Column
 
 
@@ -89,7 +89,7 @@ class Benchmark:
     def score(self, outputs: PlanOutputs, reference: dict[str, Any] | None) -> Scores:
         raise NotImplementedError
 
-    # --- subsets of the forget set (the relearning attack, harness/attacks.py) ------------------
+    # --- subsets of the forget set (the relearning attack, harness/attacks/suite.py) ------------------
     def forget_units(self) -> list[str]:
         """Ids of the forget set's independent units (a person, an author, an article).
 

@@ -86,13 +86,13 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any, Sequence
 
-from harness.batching import Example
+from harness.data.batching import Example
 from harness.benchmarks.base import Benchmark, Scores
 from harness.benchmarks.muse_news import chunk_by_words
-from harness.datafiles import read_records, read_texts
-from harness.engine import GenerationRequest, LogprobRequest
+from harness.data.files import read_records, read_texts
+from harness.engines.base import GenerationRequest, LogprobRequest
 from harness.errors import HarnessError
-from harness.evaluation import EvalPlan, PlanOutputs
+from harness.engines.plan import EvalPlan, PlanOutputs
 from harness.leaderboard.columns import Column
 from harness.registry import metric, register_benchmark
 from harness.scoring.privacy import min_k_score, muse_auc, privleak

@@ -97,12 +97,12 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any, Iterable, Sequence
 
-from harness.batching import Example
+from harness.data.batching import Example
 from harness.benchmarks.base import Benchmark, Scores, degenerate_generations
-from harness.datafiles import as_texts, read_records, read_texts, require_fields
-from harness.engine import GenerationRequest, LogprobRequest
+from harness.data.files import as_texts, read_records, read_texts, require_fields
+from harness.engines.base import GenerationRequest, LogprobRequest
 from harness.errors import HarnessError
-from harness.evaluation import EvalPlan, PlanOutputs
+from harness.engines.plan import EvalPlan, PlanOutputs
 from harness.leaderboard.columns import Column
 from harness.registry import register_benchmark
 from harness.scoring.memorization import extraction_strength

@@ -26,12 +26,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from statistics import fmean
 
-from harness.batching import Example
+from harness.data.batching import Example
 from harness.benchmarks.base import Benchmark, Scores, degenerate_generations
 from harness.benchmarks.synthetic_data import generate, splits_fingerprint
-from harness.engine import GenerationRequest, LogprobRequest
+from harness.engines.base import GenerationRequest, LogprobRequest
 from harness.errors import HarnessError
-from harness.evaluation import EvalPlan, PlanOutputs
+from harness.engines.plan import EvalPlan, PlanOutputs
 from harness.leaderboard.columns import Column
 from harness.registry import register_benchmark
 from harness.scoring.aggregate import forget_quality, model_utility

@@ -38,7 +38,7 @@ Settings (``--set benchmark.<name>=...``)
   phi-1.5 format ``"Question: q\\nAnswer:"`` + ``" a"``; ``llama2`` is ``"[INST] q [/INST]"`` +
   ``" a"``; ``chat`` renders the question with the tokenizer's chat template, exactly as
   OpenUnlearning does for its instruct checkpoints (``apply_chat_template: true``; see
-  ``harness/chat.py``): ``system_prompt`` as the system message (OpenUnlearning's Llama-3
+  ``harness/data/chat.py``): ``system_prompt`` as the system message (OpenUnlearning's Llama-3
   configs: ``"You are a helpful assistant."``; empty = none, the template's own default),
   ``date_string`` passed to the template (theirs: ``"10 Apr 2025"``), the answer as the
   assistant turn, and every token after the generation prompt scored. ``auto`` picks ``chat``
@@ -82,13 +82,13 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from harness.batching import Example
-from harness.chat import ChatPrompt, has_chat_template
+from harness.data.batching import Example
+from harness.data.chat import ChatPrompt, has_chat_template
 from harness.benchmarks.base import Benchmark, Scores, degenerate_generations
-from harness.datafiles import read_records, require_fields
-from harness.engine import GenerationRequest, LogprobRequest
+from harness.data.files import read_records, require_fields
+from harness.engines.base import GenerationRequest, LogprobRequest
 from harness.errors import HarnessError
-from harness.evaluation import EvalPlan, PlanOutputs
+from harness.engines.plan import EvalPlan, PlanOutputs
 from harness.leaderboard.columns import Column
 from harness.registry import register_benchmark
 from harness.scoring.aggregate import forget_quality, model_utility

@@ -3,7 +3,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.losses import answer_ce
+from harness.training.losses import answer_ce
 from harness.methods.base import UnlearningMethod
 from harness.registry import register_method
 

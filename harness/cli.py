@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.registry import load_plugins
+from harness.runtime.quiet import quiet_libraries
 
 EPILOG = """examples:
   harness run --methods all --benchmark synthetic                # embedded SmolLM2, offline
@@ -140,26 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _progress():
-    from harness.progress import progress_factory
+    from harness.runtime.progress import progress_factory
 
     return progress_factory()
 
 
 def _log(msg: str) -> None:
     print(msg, flush=True)
-
-
-def load_plugins(files: list[str]) -> None:
-    from harness.registry import PLUGINS, load_builtins, load_plugin_file
-
-    load_builtins()
-    for f in files:
-        load_plugin_file(f)
-    for label, reason in PLUGINS.unreported_failures().items():
-        print(f"warning: {label} failed to load and was skipped: {reason}", file=sys.stderr)
-    for note in dict.fromkeys(PLUGINS.overrides):
-        print(f"note: {note}", file=sys.stderr)
-    PLUGINS.overrides.clear()
 
 
 def cmd_list(args) -> int:
@@ -179,8 +168,8 @@ def cmd_list(args) -> int:
 
 
 def _request(args, **extra):
-    from harness.config import parse_set
-    from harness.runner import RunRequest
+    from harness.run.config import parse_set
+    from harness.run.runner import RunRequest
 
     return RunRequest(
         benchmark=args.benchmark, model=args.model, data_dir=args.data_dir, seed=args.seed, limit=args.limit,
@@ -191,16 +180,16 @@ def _request(args, **extra):
 
 
 def cmd_run(args) -> int:
-    from harness.runner import Runner
+    from harness.run.runner import Runner
 
     req = _request(args, methods=args.methods, target=args.target, retain=args.retain, results_dir=args.results_dir,
                    force=args.force, save_models=args.save_models, models_dir=args.models_dir)
     started = time.perf_counter()
     if args.executor != "local":
-        from harness.executors import check_available
+        from harness.run.executors import check_available
 
         check_available(args.executor)
-        from harness.distributed import launched_world_size
+        from harness.training.distributed import launched_world_size
 
         if launched_world_size() > 1:
             raise HarnessError("--executor ray|slurm runs cells as separate jobs; launch it with plain `harness run`, not "
@@ -210,7 +199,7 @@ def cmd_run(args) -> int:
         if args.executor == "local":
             summary = runner.run()
         else:
-            from harness.executors import ExecutorOptions, run_distributed
+            from harness.run.executors import ExecutorOptions, run_distributed
 
             opts = ExecutorOptions(args.executor, args.workers, args.ray_address, args.slurm_folder, args.slurm_partition,
                                    args.slurm_time_min, args.slurm_gpus, args.slurm_cluster, args.poll_s)
@@ -231,7 +220,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from harness.runner import Runner, RunSummary, render_results
+    from harness.run.runner import Runner, RunSummary, render_results
 
     req = _request(args, methods="all", target=args.model, retain=args.retain, results_dir=args.results_dir,
                    force=args.force, save_models=False)
@@ -255,11 +244,11 @@ def cmd_eval(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from harness.runner import Runner
+    from harness.run.runner import Runner
 
     req = _request(args, methods="all", results_dir=None, save_models=False)
     runner = Runner(req, _progress(), _log)
-    from harness.prepare import prepare
+    from harness.run.prepare import prepare
 
     folders = prepare(args.model, runner.bench, runner.finetune_cfg, args.seed, runner.device, _progress(), args.force, _log)
     for role, folder in folders.items():
@@ -268,22 +257,22 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from harness.bench import report
-    from harness.models import load_model
-    from harness.runner import Runner
+    from harness.bench.report import report
+    from harness.runtime.models import load_model
+    from harness.run.runner import Runner
 
     no_training = args.methods.strip().lower() == "none"
     runner = Runner(_request(args, methods="all" if no_training else args.methods, results_dir=None, save_models=False),
                     None, _log)
     loaded = load_model(args.model, runner.device, args.trust_remote_code)
-    from harness.engine import auto_batch_size
+    from harness.engines.hf import auto_batch_size
 
     args.memory_budget_gb = runner.eval_cfg.memory_budget_gb
     args.batch_size = runner.eval_cfg.batch_size or auto_batch_size(loaded.model, runner.device, budget_gb=args.memory_budget_gb)
     args.max_length = runner.eval_cfg.max_length
     if runner.engines.kind == "vllm":
-        from harness.bench_engines import report_engines
-        from harness.runner import weights_folder
+        from harness.bench.engines import report_engines
+        from harness.run.runner import weights_folder
 
         args.eval_cfg = runner.eval_cfg
         report_engines(runner.bench, loaded, args, runner.device, weights_folder(args.model))
@@ -293,7 +282,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
-    from harness.runner import render_results
+    from harness.run.runner import render_results
 
     if not Path(args.results_dir).is_dir():
         raise HarnessError(f"results directory '{args.results_dir}' does not exist; run `harness run` first or pass --results-dir.")
@@ -319,7 +308,7 @@ def cmd_leaderboard(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from harness.status import report
+    from harness.run.status import report
 
     print(report(args.results_dir))
     return 0
@@ -341,18 +330,6 @@ def cmd_tables(args) -> int:
     return 0
 
 
-def quiet_libraries() -> None:
-    """Keep our own progress bars and summaries readable: silence the libraries' loading bars."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except ImportError:
-        pass
-
-
 COMMANDS = {"bench": cmd_bench, "run": cmd_run, "eval": cmd_eval, "prepare": cmd_prepare, "list": cmd_list, "leaderboard": cmd_leaderboard,
             "tables": cmd_tables, "status": cmd_status}
 
@@ -365,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "threads", None) is not None:   # verbs that compute
             if args.threads < 0:
                 raise HarnessError(f"--threads must be a positive number of threads (or 0 for the default), got {args.threads}.")
-            from harness import threads
+            from harness.runtime import threads
 
             threads.apply(args.threads or None)
         load_plugins(args.plugin)

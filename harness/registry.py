@@ -138,7 +138,10 @@ def load_builtins() -> None:
     if _builtins_loaded:
         return
     _builtins_loaded = True
-    importlib.import_module("harness.scoring")
+    from harness.scoring.catalogue import declared_metrics
+
+    for info in declared_metrics():   # imports the scoring modules, which declare their metrics
+        METRICS.register(info.name)(info)
     importlib.import_module("harness.methods")
     importlib.import_module("harness.benchmarks")
     load_entry_points()
@@ -188,32 +191,44 @@ def load_plugin_file(path: str | Path) -> bool:
     return True
 
 
+def load_plugins(files: list[str]) -> None:
+    """The built-ins, entry points and ``--plugin`` files; failures and overrides reported once, on stderr."""
+    load_builtins()
+    for f in files:
+        load_plugin_file(f)
+    for label, reason in PLUGINS.unreported_failures().items():
+        print(f"warning: {label} failed to load and was skipped: {reason}", file=sys.stderr)
+    for note in dict.fromkeys(PLUGINS.overrides):
+        print(f"note: {note}", file=sys.stderr)
+    PLUGINS.overrides.clear()
+
+
 def _one_line(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
     return f"{type(exc).__name__}: {exc}{where}"
 
 
-METRIC_FAMILIES = ("verbatim", "knowledge", "privacy", "utility", "auxiliary")
-
-
-@dataclass(frozen=True)
-class MetricInfo:
-    """A scoring function's registry entry: what `harness list metrics` shows."""
-
-    name: str
-    family: str
-    description: str
-    fn: Callable[..., Any]
-
-
 def metric(name: str, family: str, description: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a pure scoring function under ``name``; returns the function unchanged."""
-    if family not in METRIC_FAMILIES:
-        raise ValueError(f"metric family must be one of {METRIC_FAMILIES}, got {family!r}")
+    """Register a plugin's pure scoring function under ``name``; returns the function unchanged.
+
+    The built-in metrics are declared in ``harness.scoring.catalogue`` (scoring never imports the
+    registry) and registered from there by ``load_builtins``.
+    """
+    from harness.scoring.catalogue import declare
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        METRICS.register(name)(MetricInfo(name=name, family=family, description=description, fn=fn))
+        info = declare(name, family, description, fn)
+        METRICS.register(name)(info)
         return fn
 
     return decorate
+
+
+def __getattr__(name: str):
+    """``METRIC_FAMILIES`` and ``MetricInfo`` moved to ``harness.scoring.catalogue``; served from there."""
+    if name in ("METRIC_FAMILIES", "MetricInfo"):
+        from harness.scoring import catalogue
+
+        return getattr(catalogue, name)
+    raise AttributeError(f"module 'harness.registry' has no attribute {name!r}")

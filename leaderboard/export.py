@@ -143,7 +143,7 @@ def write_exports(records: Sequence[Mapping[str, Any]], columns: Mapping[str, Se
                   folder: str | os.PathLike, csv: bool = True, json_: bool = True,
                   stem: str = "LEADERBOARD") -> list[Path]:
     """Write ``<folder>/LEADERBOARD.csv`` and/or ``.json`` atomically; return the paths written."""
-    from harness.results import atomic_write_text
+    from harness.run.results import atomic_write_text
 
     written = []
     if csv:
@@ -163,7 +163,7 @@ def leaderboard_inputs(results_dir: str | os.PathLike, warn=None) -> tuple[list[
     ``warn`` (default: silent) receives the messages about unreadable records.
     """
     from harness.registry import BENCHMARKS
-    from harness.results import SHOWN, load_records
+    from harness.run.results import SHOWN, load_records
 
     records = [r for r in load_records(Path(results_dir), warn or (lambda _msg: None)) if r.get("status") in SHOWN]
     columns = {name: list(cls.columns) for name, cls in BENCHMARKS.items()}

@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 from tabulate import tabulate
 
-from harness.results import atomic_write_text
+from harness.run.results import atomic_write_text
 
 from .columns import DIRECTIONS, Column, format_value
 from .robustness import render_robustness

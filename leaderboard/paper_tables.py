@@ -717,7 +717,7 @@ def write_paper_table(paper: Paper, results_dir: str | os.PathLike, out: str | o
                       warn=print) -> Path:
     """Render from the records under ``results_dir``; write atomically to ``out``
     (default ``<results_dir>/tables/<name>.md``); return the path written."""
-    from harness.results import atomic_write_text, load_records
+    from harness.run.results import atomic_write_text, load_records
 
     results_dir = Path(results_dir)
     target = Path(out) if out is not None else results_dir / "tables" / f"{paper.name}.md"

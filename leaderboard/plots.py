@@ -88,7 +88,7 @@ def tradeoff_axes(benchmark: str, columns: Sequence[Column]) -> Axes | None:
 
 
 def _slug(text: str) -> str:
-    from harness.results import slug
+    from harness.run.results import slug
 
     return slug(text)
 
@@ -481,7 +481,7 @@ def plots_markdown(files: Sequence[PlotFile], base: str | os.PathLike) -> str:
 
 def add_plots_section(markdown_path: str | os.PathLike, files: Sequence[PlotFile]) -> str:
     """Append the Plots section to an already written leaderboard (atomically); return the new text."""
-    from harness.results import atomic_write_text
+    from harness.run.results import atomic_write_text
 
     path = Path(markdown_path)
     text = path.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + plots_markdown(files, path.parent) + "\n"

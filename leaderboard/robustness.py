@@ -5,7 +5,7 @@ the forget data "recovers" under the same attack), then the method rows in leade
 forget-side cell reads ``unattacked → attacked (recovery)``; both scores are on the attack's items
 (relearn: the scored half of the forget set; int8/int4: all items), and the recovery
 ``(attacked − unlearned) / (target − unlearned)`` uses the target's scores on the same items
-(``harness.attacks.recoveries``). Lines of the target on those items close the table.
+(``harness.attacks.suite.recoveries``). Lines of the target on those items close the table.
 Seeds of one row are averaged before the recovery is taken.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from tabulate import tabulate
 
-from harness.attacks import ATTACKS, RELEARN, forget_columns, recoveries
+from harness.attacks.suite import ATTACKS, RELEARN, forget_columns, recoveries
 
 from .columns import Column
 

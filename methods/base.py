@@ -23,7 +23,7 @@ method:
   it returns the ``TrainResult`` that the record reports.
 
 Activations: a method that needs a layer's hidden state reads it inside ``loss`` with
-``harness.activations.capture_output(decoder_layer(model, l))`` around its own forward pass
+``harness.training.activations.capture_output(decoder_layer(model, l))`` around its own forward pass
 (see that module); the loop is not involved.
 """
 from __future__ import annotations
@@ -34,7 +34,8 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from harness.batching import Example, TokenBatch
+from harness.data.batching import Example, TokenBatch
+from harness.training.losses import answer_ce, answer_kl
 
 # What a method can ask the loop for.
 NEEDS_RETAIN = "retain"                      # a retain batch paired with each forget batch
@@ -73,6 +74,28 @@ class MethodContext:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+RETAIN_KINDS = ("none", "nll", "kl")
+
+
+def plus_retain(loss: torch.Tensor, logs: dict[str, float], model, batch: MethodBatch, ctx: MethodContext,
+                alpha: float, kind: str = "nll") -> tuple[torch.Tensor, dict[str, float]]:
+    """``loss + α·L_retain``, the retain term every method with a retain split shares.
+
+    ``kind`` "nll": L_retain = CE(retain answers); "kl": KL(π_ref || π_θ) on the retain answers
+    against ``ctx.reference_model`` (GA_KLR / NPO_KLR); "none", or α <= 0, adds nothing and runs
+    no retain pass. The term is logged as ``retain_<kind>``.
+    """
+    if kind == "none" or alpha <= 0:
+        return loss, logs
+    if kind == "nll":
+        term = answer_ce(model, batch.retain)
+    elif kind == "kl":
+        term = answer_kl(model, ctx.reference_model, batch.retain)
+    else:
+        raise ValueError(f"retain term must be one of {RETAIN_KINDS}, got {kind!r}")
+    return loss + alpha * term, {**logs, f"retain_{kind}": term.item()}
+
+
 @dataclass
 class NoConfig:
     """For methods without hyper-parameters of their own."""
@@ -106,7 +129,7 @@ class UnlearningMethod:
         """Why this method (with its config) cannot train an FSDP-sharded model, or None when it can.
 
         Under ``accelerate launch --use_fsdp`` the loop hands ``loss`` a sharded copy of the model
-        (harness/sharding.py): forward passes through the whole model work as usual, but its
+        (harness/training/sharding.py): forward passes through the whole model work as usual, but its
         parameters are shards (``torch.autograd.grad`` over them sees no gradient) and modules
         taken from the model in ``before_training`` belong to the unsharded original.
         """
@@ -119,6 +142,6 @@ class UnlearningMethod:
     def unlearn(self, model, loop) -> Any:
         """The whole procedure, returning a ``TrainResult``. Default: the shared loop on ``loss``.
 
-        ``loop`` is a ``harness.training.Loop`` bound to this run's data, settings and seed.
+        ``loop`` is a ``harness.training.loop.Loop`` bound to this run's data, settings and seed.
         """
         return loop.run(self, model)

@@ -46,9 +46,9 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.batching import Example
+from harness.data.batching import Example
 from harness.errors import HarnessError
-from harness.losses import token_logprobs
+from harness.training.losses import token_logprobs
 from harness.registry import register_method
 from harness.methods.base import UnlearningMethod
 from harness.methods.refusals import REFUSALS, sample_refusals

@@ -1,7 +1,7 @@
 """GA: gradient ascent on the forget set, L = -CE(forget)."""
 from __future__ import annotations
 
-from harness.losses import answer_ce
+from harness.training.losses import answer_ce
 from harness.registry import register_method
 from harness.methods.base import UnlearningMethod
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness.errors import HarnessError
-from harness.losses import answer_ce, answer_kl
+from harness.training.losses import answer_ce
 from harness.registry import register_method
-from harness.methods.base import NEEDS_REFERENCE_MODEL, NEEDS_RETAIN, UnlearningMethod
+from harness.methods.base import NEEDS_REFERENCE_MODEL, NEEDS_RETAIN, UnlearningMethod, plus_retain
 
 
 @dataclass
@@ -43,9 +43,5 @@ class GradDiff(UnlearningMethod):
 
     def loss(self, model, batch, ctx):
         forget_ce = answer_ce(model, batch.forget)
-        if self.config.retain_loss == "kl":
-            retain_term = answer_kl(model, ctx.reference_model, batch.retain)
-        else:
-            retain_term = answer_ce(model, batch.retain)
-        loss = -self.config.gamma * forget_ce + self.config.alpha * retain_term
-        return loss, {"forget_ce": forget_ce.item(), f"retain_{self.config.retain_loss}": retain_term.item()}
+        return plus_retain(-self.config.gamma * forget_ce, {"forget_ce": forget_ce.item()}, model, batch, ctx,
+                           self.config.alpha, self.config.retain_loss)

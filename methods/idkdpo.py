@@ -24,11 +24,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from harness.batching import Example
+from harness.data.batching import Example
 from harness.errors import HarnessError
-from harness.losses import answer_ce, sequence_logprob
+from harness.training.losses import sequence_logprob
 from harness.registry import register_method
-from harness.methods.base import NEEDS_RETAIN, UnlearningMethod
+from harness.methods.base import NEEDS_RETAIN, UnlearningMethod, plus_retain
 from harness.methods.refusals import REFUSALS, sample_refusals
 
 
@@ -120,8 +120,4 @@ class IdkDPO(UnlearningMethod):
             "chosen_log_ratio": (logp_w - ref_w).mean().item(),
             "rejected_log_ratio": (logp_l - ref_l).mean().item(),
         }
-        if self.config.alpha <= 0:
-            return forget_term, logs
-        retain_ce = answer_ce(model, batch.retain)
-        logs["retain_nll"] = retain_ce.item()
-        return forget_term + self.config.alpha * retain_ce, logs
+        return plus_retain(forget_term, logs, model, batch, ctx, self.config.alpha)

@@ -23,13 +23,14 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 
 from harness.errors import HarnessError
-from harness.losses import answer_ce, answer_kl, sequence_logprob
+from harness.training.losses import sequence_logprob
 from harness.registry import register_method
 from harness.methods.base import (
     NEEDS_REFERENCE_LOGPROBS,
     NEEDS_REFERENCE_MODEL,
     NEEDS_RETAIN,
     UnlearningMethod,
+    plus_retain,
 )
 
 RETAIN_LOSSES = ("none", "nll", "kl")
@@ -75,12 +76,4 @@ class NPO(UnlearningMethod):
         ref_logp = ctx.reference_logprobs[batch.forget_index].to(logp)
         forget_term = npo_loss(logp, ref_logp, self.config.beta)
         logs = {"npo": forget_term.item(), "log_ratio": (logp - ref_logp).mean().item()}
-        loss = forget_term
-        if self.config.retain_loss == "nll":
-            retain_term = answer_ce(model, batch.retain)
-        elif self.config.retain_loss == "kl":
-            retain_term = answer_kl(model, ctx.reference_model, batch.retain)
-        else:
-            return loss, logs
-        logs[f"retain_{self.config.retain_loss}"] = retain_term.item()
-        return loss + self.config.alpha * retain_term, logs
+        return plus_retain(forget_term, logs, model, batch, ctx, self.config.alpha, self.config.retain_loss)

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.batching import IGNORE
-from harness.activations import capture_output, decoder_layers, layer_index
+from harness.data.batching import IGNORE
+from harness.training.activations import capture_output, decoder_layers, layer_index
 from harness.errors import HarnessError
 from harness.registry import register_method
 from harness.methods.base import NEEDS_REFERENCE_MODEL, NEEDS_RETAIN, UnlearningMethod

@@ -22,10 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness.errors import HarnessError
-from harness.losses import token_logprobs
+from harness.training.losses import token_logprobs
 from harness.registry import register_method
-from harness.methods.base import NEEDS_RETAIN, UnlearningMethod
-from harness.methods.wga import retain_term, weighted_ascent
+from harness.methods.base import NEEDS_RETAIN, UnlearningMethod, plus_retain
+from harness.methods.wga import weighted_ascent
 
 
 @dataclass
@@ -60,4 +60,4 @@ class SatImp(UnlearningMethod):
         weights = self.token_weights(logp.detach().exp())
         forget_term = weighted_ascent(logp, mask, weights)
         logs = {"forget_weighted_ce": -forget_term.item(), "mean_weight": (weights * mask).sum().item() / max(1, int(mask.sum()))}
-        return retain_term(self, model, batch, self.config.gamma * forget_term, logs)
+        return plus_retain(self.config.gamma * forget_term, logs, model, batch, ctx, self.config.alpha)

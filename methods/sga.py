@@ -48,10 +48,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from harness.batching import Example
-from harness.chat import prompt_text
+from harness.data.batching import Example
+from harness.data.chat import prompt_text
 from harness.errors import HarnessError
-from harness.losses import answer_ce
+from harness.training.losses import answer_ce
 from harness.registry import register_method
 from harness.methods.base import NEEDS_RETAIN, UnlearningMethod
 

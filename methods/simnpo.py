@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 
 from harness.errors import HarnessError
-from harness.losses import answer_ce, token_logprobs
+from harness.training.losses import token_logprobs
 from harness.registry import register_method
-from harness.methods.base import NEEDS_RETAIN, UnlearningMethod
+from harness.methods.base import NEEDS_RETAIN, UnlearningMethod, plus_retain
 
 
 @dataclass
@@ -57,9 +57,4 @@ class SimNPO(UnlearningMethod):
         nll = mean_answer_nll(model, batch.forget)
         forget_term = -(2.0 / c.beta) * F.logsigmoid(c.beta * (nll - c.delta)).mean()
         logs = {"simnpo": forget_term.item(), "forget_nll_per_token": nll.mean().item()}
-        loss = c.forget_weight * forget_term
-        if c.alpha > 0:
-            retain_ce = answer_ce(model, batch.retain)
-            logs["retain_nll"] = retain_ce.item()
-            loss = loss + c.alpha * retain_ce
-        return loss, logs
+        return plus_retain(c.forget_weight * forget_term, logs, model, batch, ctx, c.alpha)

@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import HarnessError
-from harness.losses import answer_ce, shifted
+from harness.training.losses import shifted
 from harness.registry import register_method
-from harness.methods.base import NEEDS_REFERENCE_MODEL, NEEDS_RETAIN, UnlearningMethod
+from harness.methods.base import NEEDS_REFERENCE_MODEL, NEEDS_RETAIN, UnlearningMethod, plus_retain
 
 
 @dataclass
@@ -71,8 +71,4 @@ class Undial(UnlearningMethod):
             target = adjusted_targets(ref_logits[mask], labels[mask], self.config.beta)
         loss = F.cross_entropy(logits[mask].float(), target)
         logs = {"undial": loss.item()}
-        if self.config.alpha > 0:
-            retain_ce = answer_ce(model, batch.retain)
-            logs["retain_nll"] = retain_ce.item()
-            loss = loss + self.config.alpha * retain_ce
-        return loss, logs
+        return plus_retain(loss, logs, model, batch, ctx, self.config.alpha)

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import torch
 
 from harness.errors import HarnessError
-from harness.losses import answer_ce, token_logprobs
+from harness.training.losses import token_logprobs
 from harness.registry import register_method
-from harness.methods.base import NEEDS_RETAIN, UnlearningMethod
+from harness.methods.base import NEEDS_RETAIN, UnlearningMethod, plus_retain
 
 
 @dataclass
@@ -44,16 +44,6 @@ class WGAConfig:
 def weighted_ascent(logp: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """-(1/N) Σ_t w_t · CE_t over the N answer tokens, i.e. (1/N) Σ_t w_t · log π_t."""
     return (weights.detach() * logp * mask).sum() / mask.sum().clamp(min=1)
-
-
-def retain_term(method, model, batch, loss, logs):
-    """Add α · CE(retain) when α > 0 (shared by the token-weighted ascent methods)."""
-    alpha = method.config.alpha
-    if alpha > 0:
-        retain_ce = answer_ce(model, batch.retain)
-        logs["retain_nll"] = retain_ce.item()
-        loss = loss + alpha * retain_ce
-    return loss, logs
 
 
 @register_method()
@@ -76,4 +66,4 @@ class WGA(UnlearningMethod):
         p = logp.detach().exp()
         forget_term = weighted_ascent(logp, mask, self.token_weights(p))
         logs = {"forget_weighted_ce": -forget_term.item(), "mean_weight": (self.token_weights(p) * mask).sum().item() / max(1, int(mask.sum()))}
-        return retain_term(self, model, batch, self.config.gamma * forget_term, logs)
+        return plus_retain(self.config.gamma * forget_term, logs, model, batch, ctx, self.config.alpha)

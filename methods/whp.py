@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import HarnessError
-from harness.losses import shifted
+from harness.training.losses import shifted
 from harness.registry import register_method
 from harness.methods.base import NEEDS_REFERENCE_MODEL, UnlearningMethod
 

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("OMP_NUM_THREADS", "1")   # the CLI's thread choice (harness/threads.py) then agrees with _one_thread
+os.environ.setdefault("OMP_NUM_THREADS", "1")   # the CLI's thread choice (harness/runtime/threads.py) then agrees with _one_thread
 # Runs and CLI calls evaluate with the HF engine unless a test asks for vLLM: `auto` would start
 # vLLM (20-55 s on a CPU) in every test where it is installed. tests/test_vllm_engine.py covers it.
 os.environ.setdefault("HARNESS_ENGINE", "hf")
@@ -49,7 +49,7 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture
 def tiny():
-    from harness.models import build_tiny_random
+    from harness.runtime.models import build_tiny_random
 
     model, tok = build_tiny_random()
     return model.float().eval(), tok

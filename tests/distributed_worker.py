@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from harness import distributed
-from harness.batching import Example
+from harness.training import distributed
+from harness.data.batching import Example
 from harness.methods.ga import GradientAscent
 from harness.methods.graddiff import GradDiff
 from harness.methods.npo import NPO
-from harness.models import build_tiny_random
-from harness.training import TrainConfig, train
+from harness.runtime.models import build_tiny_random
+from harness.training.loop import TrainConfig, train
 
 FORGET = [Example(f"Q{i}:", f" fact {i} is {'xyzw'[i % 4] * (1 + i % 3)}") for i in range(10)]
 RETAIN = [Example(f"R{i}:", f" other {i}") for i in range(6)]

@@ -7,17 +7,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.attacks import AttackConfig, Attacks, parse_attacks, recovery, split_units
+from harness.attacks.suite import AttackConfig, Attacks, parse_attacks, recovery, split_units
 from harness.benchmarks.synthetic import Synthetic, SyntheticConfig
 from harness.cli import main
-from harness.engine import HFEngine, LogprobRequest
+from harness.engines.hf import HFEngine
+from harness.engines.base import LogprobRequest
 from harness.errors import HarnessError
-from harness.evaluation import run_plan
+from harness.engines.plan import run_plan
 from harness.methods.ga import GradientAscent
-from harness.models import LoadedModel, build_tiny_random
-from harness.prepare import Finetune
-from harness.quantize import max_rtn_error, quantise_model_, quantised_linears, rtn_dequantize
-from harness.training import TrainConfig, train
+from harness.runtime.models import LoadedModel, build_tiny_random
+from harness.training.finetune import Finetune
+from harness.attacks.quantize import max_rtn_error, quantise_model_, quantised_linears, rtn_dequantize
+from harness.training.loop import TrainConfig, train
 
 from conftest import data_root
 

@@ -1,12 +1,12 @@
 """`harness bench`: the naive baseline gives the same scores, forward passes are counted, last line is scriptable."""
 import re
 
-from harness.bench import ForwardCounter, compare, naive_engine, run_plan_naive, time_one_step
+from harness.bench.report import ForwardCounter, compare, naive_engine, run_plan_naive, time_one_step
 from harness.cli import main
-from harness.evaluation import run_plan
-from harness.engine import HFEngine
+from harness.engines.plan import run_plan
+from harness.engines.hf import HFEngine
 from harness.registry import BENCHMARKS
-from harness.training import TrainConfig
+from harness.training.loop import TrainConfig
 
 
 def test_naive_baseline_runs_each_metric_alone_and_scores_the_same(tiny):

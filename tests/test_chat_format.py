@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.batching import IGNORE, encode, prompt_ids
-from harness.chat import ChatPrompt
+from harness.data.batching import IGNORE, encode, prompt_ids
+from harness.data.chat import ChatPrompt
 from harness.errors import HarnessError
-from harness.models import SMOLLM2_GGUF
+from harness.runtime.models import SMOLLM2_GGUF
 
 
 @pytest.fixture(scope="module")

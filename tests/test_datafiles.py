@@ -1,7 +1,7 @@
 """Data-file errors name the path, the line and the fix."""
 import pytest
 
-from harness.datafiles import read_records, require_fields
+from harness.data.files import read_records, require_fields
 from harness.errors import HarnessError
 
 

@@ -3,9 +3,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.engine import GenerationRequest, HFEngine, LogprobRequest
+from harness.engines.hf import HFEngine
+
+from harness.engines.base import GenerationRequest, LogprobRequest
 from harness.errors import HarnessError
-from harness.evaluation import EvalPlan, run_plan
+from harness.engines.plan import EvalPlan, run_plan
 
 PROMPTS = ["Question: a?\nAnswer:", "Hi", "A much longer prompt that needs left padding in a batch:"]
 
@@ -161,7 +163,7 @@ def test_head_on_scored_positions_only_equals_full_logits(tiny):
 
 
 def test_auto_batch_size_follows_the_memory_budget_and_is_32_on_cpu(tiny):
-    from harness.engine import CPU_BATCH, auto_batch_size, memory_budget
+    from harness.engines.hf import CPU_BATCH, auto_batch_size, memory_budget
 
     model, tok = tiny
     assert auto_batch_size(model, torch.device("cpu")) == CPU_BATCH == HFEngine(model, tok, batch_size=0).batch_size
@@ -230,7 +232,7 @@ def test_whole_texts_without_the_padding_mask_score_the_same(tiny):
 
 
 def test_a_small_memory_budget_gives_smaller_batches_and_the_same_scores(tiny):
-    from harness.engine import token_bytes
+    from harness.engines.hf import token_bytes
 
     model, tok = tiny
     requests = [LogprobRequest("", "x" * n) for n in (40, 80, 120, 160)] + [LogprobRequest("Q:", f" answer {i}") for i in range(4)]
@@ -267,7 +269,7 @@ def test_finished_rows_leave_the_batch_and_the_text_equals_model_generate(tiny):
 
 
 def test_incremental_stop_check_matches_the_whole_text_check(tiny):
-    from harness.engine import StopOnStrings
+    from harness.engines.hf import StopOnStrings
 
     model, tok = tiny
     engine = HFEngine(model, tok)

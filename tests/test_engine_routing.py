@@ -5,11 +5,12 @@ The agreement of vLLM with HF is in tests/test_vllm_engine.py (it needs vLLM ins
 import pytest
 
 from harness.cli import main
-from harness.engine import GenerationRequest, HFEngine, LogprobRequest, TokenScores
-from harness.engine_base import RoutedEngine, TokenizedEngine
-from harness.engine_factory import resolve_engine, vllm_dtype
+from harness.engines.hf import HFEngine
+from harness.engines.base import GenerationRequest, LogprobRequest, TokenScores
+from harness.engines.base import RoutedEngine, TokenizedEngine
+from harness.engines.factory import resolve_engine, vllm_dtype
 from harness.errors import HarnessError
-from harness.evalcache import CachedEngine, EvalCache, _decode, _encode, model_key
+from harness.engines.cache import CachedEngine, EvalCache, _decode, _encode, model_key
 
 
 class NoDistribution(TokenizedEngine):
@@ -90,7 +91,7 @@ def test_cache_keys_carry_the_engine(tiny, tmp_path):
 
 
 def test_engine_choice(monkeypatch):
-    import harness.vllm_engine as vllm_engine
+    import harness.engines.vllm as vllm_engine
 
     monkeypatch.setattr(vllm_engine, "vllm_available", lambda: False)
     assert resolve_engine("auto") == "hf" and resolve_engine("hf") == "hf"
@@ -111,7 +112,7 @@ def test_vllm_dtype_follows_the_model_unless_set(tiny):
 
 
 def test_cli_refuses_vllm_where_it_is_absent(monkeypatch, tmp_path, capsys):
-    import harness.vllm_engine as vllm_engine
+    import harness.engines.vllm as vllm_engine
 
     monkeypatch.setattr(vllm_engine, "vllm_available", lambda: False)
     code = main(["eval", "--benchmark", "synthetic", "--model", "tiny-random", "--limit", "2", "--engine", "vllm",
@@ -152,10 +153,10 @@ def test_log_probs_can_all_go_to_the_second_engine(tiny):
 def test_which_engine_scores_log_probs_under_vllm_and_that_it_is_checked_up_front():
     import torch
 
-    from harness import config as cfgmod
-    from harness.config import EvalConfig
-    from harness.engine_factory import vllm_logprobs_engine
-    from harness.runner import EVAL_NOT_IN_IDENTITY
+    from harness.run import config as cfgmod
+    from harness.run.config import EvalConfig
+    from harness.engines.factory import vllm_logprobs_engine
+    from harness.run.runner import EVAL_NOT_IN_IDENTITY
 
     assert vllm_logprobs_engine("auto", torch.device("cpu")) == "hf"
     assert vllm_logprobs_engine("auto", torch.device("cuda")) == "vllm"
@@ -172,7 +173,7 @@ def test_vllm_binds_the_threads_the_harness_chose_and_the_record_says_where(tiny
     """On a CPU vLLM's own `auto` binds all cores but one; the runtime binds the harness's thread count."""
     import os
 
-    from harness.vllm_engine import cpu_binding
+    from harness.engines.vllm import cpu_binding
 
     cores = sorted(os.sched_getaffinity(0))
     assert cpu_binding(1) == str(cores[0])
@@ -195,8 +196,8 @@ def test_a_vllm_runtime_keeps_one_written_copy_of_weights(tiny, tmp_path, monkey
     and a model switched back to is written again."""
     from types import SimpleNamespace
 
-    from harness.runner import save_model_atomically
-    from harness.vllm_engine import VLLMEngine, VLLMRuntime
+    from harness.run.runner import save_model_atomically
+    from harness.engines.vllm import VLLMEngine, VLLMRuntime
 
     runtime = VLLMRuntime("float32", "cpu", log=lambda m: None)
     reloads = []
@@ -228,7 +229,7 @@ def test_a_vllm_runtime_keeps_one_written_copy_of_weights(tiny, tmp_path, monkey
 def test_only_the_expected_reload_warnings_are_dropped():
     import logging
 
-    from harness.vllm_worker import ExpectedReloadWarnings
+    from harness.engines.vllm_worker import ExpectedReloadWarnings
 
     def record(message, *args):
         return logging.LogRecord("vllm", logging.WARNING, __file__, 1, message, args, None)

@@ -132,7 +132,7 @@ def _no_model(*_args, **_kwargs):
 @pytest.fixture
 def isolated(monkeypatch):
     """Plugins register into copies of the registries; models must not load."""
-    from harness import runner
+    from harness.run import runner
     from harness.registry import BENCHMARKS, METHODS, METRICS, load_builtins
 
     load_builtins()   # before the copies, or restoring them would leave the registries empty

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from harness.cli import main
-from harness.engine import GenerationRequest, HFEngine, LogprobRequest, TokenScores
-from harness.evalcache import CachedEngine, EvalCache, _decode, _encode, model_key
+from harness.engines.hf import HFEngine
+from harness.engines.base import GenerationRequest, LogprobRequest, TokenScores
+from harness.engines.cache import CachedEngine, EvalCache, _decode, _encode, model_key
 
 REQUESTS = [LogprobRequest("Question: who?\nAnswer:", " Zorb"), LogprobRequest("", "a text of its own")]
 PROMPTS = [GenerationRequest("Question: who?\nAnswer:", 6, ("\n",)), GenerationRequest("Hi", 4)]
@@ -93,7 +94,7 @@ def test_rerun_reuses_outputs_and_no_eval_cache_does_not(tmp_path, monkeypatch):
 
 def test_a_changed_scoring_convention_misses_the_cache(tiny, tmp_path):
     """Outputs stored under an older convention (e.g. answers scored without EOS) are never served."""
-    import harness.evalcache as evalcache
+    import harness.engines.cache as evalcache
 
     model, tok = tiny
     cache = EvalCache(tmp_path / "evals.sqlite")

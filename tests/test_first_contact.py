@@ -17,7 +17,7 @@ QUICK = ["--benchmark", "synthetic", "--model", "tiny-random", "--limit", "2", "
          "--set", "train.epochs=1", "--no-save-models"]
 
 PLUGIN = '''
-from harness.losses import answer_ce
+from harness.training.losses import answer_ce
 from harness.methods.base import UnlearningMethod
 from harness.registry import register_method
 
@@ -68,8 +68,8 @@ def edited_runs(tmp_path_factory):
 def test_edited_method_reruns_and_the_record_stores_its_code_hash(edited_runs):
     (code1, _, _, first), (code2, out2, _, second), _ = edited_runs
     assert code1 == 0 and code2 == 0
-    assert set(first["edited"]["code"]) == {"plugin edited.py", "harness.methods.base", "harness.training",
-                                            "harness.batching", "harness.losses"}
+    assert set(first["edited"]["code"]) == {"plugin edited.py", "harness.methods.base", "harness.training.loop", "harness.training.finetune",
+                                            "harness.data.batching", "harness.training.losses"}
     assert first["edited"]["code"]["plugin edited.py"] != second["edited"]["code"]["plugin edited.py"]
     assert "re-run synthetic/tiny-random/edited seed 0: its code changed since the record was written " \
            "(plugin edited.py)" in out2
@@ -105,9 +105,9 @@ def test_truncation_is_counted_per_split_and_warned(edited_runs):
 
 
 def test_truncation_counts_a_20000_word_answer_by_hand(tiny):
-    from harness.engine import LogprobRequest
-    from harness.evaluation import EvalPlan
-    from harness.truncation import eval_counts
+    from harness.engines.base import LogprobRequest
+    from harness.engines.plan import EvalPlan
+    from harness.data.truncation import eval_counts
 
     _, tok = tiny
     long_answer = " ".join(["word"] * 20000)
@@ -120,14 +120,15 @@ def test_truncation_counts_a_20000_word_answer_by_hand(tiny):
 
 
 def test_code_hashes_key_prepared_models_and_the_eval_cache(monkeypatch):
-    from harness import evalcache, prepare
+    from harness.engines import cache as evalcache
+    from harness.run import prepare
     from harness.benchmarks.synthetic import Synthetic
-    from harness.models import build_tiny_random
-    from harness.training import TrainConfig
+    from harness.runtime.models import build_tiny_random
+    from harness.training.loop import TrainConfig
 
     bench, cfg = Synthetic(limit=2), TrainConfig()
     before = prepare.prepared_key("tiny-random", bench, cfg, 0)
-    monkeypatch.setattr(prepare, "finetune_code", lambda: {"harness.training": "edited"})
+    monkeypatch.setattr(prepare, "finetune_code", lambda: {"harness.training.loop": "edited"})
     assert prepare.prepared_key("tiny-random", bench, cfg, 0) != before
     model, tok = build_tiny_random()
     key = evalcache.model_key(model, tok, {"max_length": 8})
@@ -136,7 +137,7 @@ def test_code_hashes_key_prepared_models_and_the_eval_cache(monkeypatch):
 
 
 def test_a_record_without_code_hashes_reruns():
-    from harness.codeversion import stale_reason
+    from harness.runtime.codeversion import stale_reason
 
     assert stale_reason(None, {"harness.methods.ga": "abc"}) == (
         "its record does not say which code made it (written before code versions were recorded)")
@@ -200,7 +201,7 @@ def test_ad_hoc_runs_default_to_a_git_ignored_folder_and_make_agrees():
 def test_progress_off_a_terminal_prints_timed_lines():
     import io
 
-    from harness.progress import LineProgress, progress_factory
+    from harness.runtime.progress import LineProgress, progress_factory
 
     stream = io.StringIO()
     assert progress_factory(stream).func is LineProgress
@@ -276,7 +277,7 @@ def test_override_replaces_a_built_in_on_purpose_and_says_so(tmp_path, capsys, m
 
 def test_an_unwritable_results_folder_is_refused_before_work(tmp_path, monkeypatch):
     """Root may write anywhere, so the read-only case is simulated where the check asks the OS."""
-    from harness import validation
+    from harness.run import validation
     from harness.errors import HarnessError
 
     monkeypatch.setattr(validation.os, "access", lambda path, mode: False)

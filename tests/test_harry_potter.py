@@ -23,9 +23,9 @@ from harness.benchmarks.harry_potter import (
     split_prompt,
     token_perplexity,
 )
-from harness.engine import TokenScores
+from harness.engines.base import TokenScores
 from harness.errors import HarnessError
-from harness.evaluation import PlanOutputs
+from harness.engines.plan import PlanOutputs
 
 from conftest import data_root
 

@@ -4,8 +4,8 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from harness.batching import Example, make_batch
-from harness.losses import answer_ce, answer_kl, sequence_logprob
+from harness.data.batching import Example, make_batch
+from harness.training.losses import answer_ce, answer_kl, sequence_logprob
 from harness.methods.base import MethodBatch, MethodContext
 from harness.methods.ga import GradientAscent
 from harness.methods.graddiff import GradDiff, GradDiffConfig

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.activations import capture_output, decoder_layer
-from harness.batching import Example, make_batch
+from harness.training.activations import capture_output, decoder_layer
+from harness.data.batching import Example, make_batch
 from harness.errors import HarnessError
-from harness.losses import answer_ce
+from harness.training.losses import answer_ce
 from harness.methods.base import NEEDS_REFERENCE_MODEL, NEEDS_RETAIN, MethodBatch, MethodContext
 from harness.methods.ceu import CEU, CEUConfig, ceu_loss, drop_leading
 from harness.methods.ga import GradientAscent
@@ -21,10 +21,10 @@ from harness.methods.task_vector import TaskVector, TaskVectorConfig
 from harness.methods.undial import Undial, UndialConfig
 from harness.methods.wga import WGA, WGAConfig
 from harness.methods.whp import WHP, WHPConfig, generic_logits
-from harness.models import build_tiny_random
-from harness.prepare import Finetune
+from harness.runtime.models import build_tiny_random
+from harness.training.finetune import Finetune
 from harness.registry import METHODS
-from harness.training import TrainConfig, train
+from harness.training.loop import TrainConfig, train
 
 FACTS = [Example(f"Q{i}:", f" fact number {i} is {w}") for i, w in enumerate(["zorb", "quix", "mavel", "tonk"])]
 OTHER = [Example(f"R{i}:", f" other {w}") for i, w in enumerate(["alpha", "beta", "gamma", "delta"])]
@@ -375,7 +375,7 @@ def test_each_new_method_raises_forget_ce_on_a_finetuned_model(finetuned, method
 
 
 def test_runner_refuses_per_epoch_evaluation_of_a_method_without_epochs_up_front(tmp_path):
-    from harness.runner import Runner, RunRequest
+    from harness.run.runner import Runner, RunRequest
 
     req = RunRequest(benchmark="synthetic", methods="ga,task_vector", model="tiny-random", results_dir=tmp_path,
                      overrides={"eval.per_epoch": "true"})
@@ -385,7 +385,7 @@ def test_runner_refuses_per_epoch_evaluation_of_a_method_without_epochs_up_front
 
 
 def test_muse_news_defaults_follow_muses_task_vector_script():
-    from harness import config as cfgmod
+    from harness.run import config as cfgmod
     from harness.registry import BENCHMARKS
 
     defaults = BENCHMARKS.get("muse-news").method_defaults

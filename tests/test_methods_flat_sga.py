@@ -7,14 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.batching import Example, make_batch
+from harness.data.batching import Example, make_batch
 from harness.errors import HarnessError
-from harness.losses import answer_ce, sequence_logprob
+from harness.training.losses import answer_ce, sequence_logprob
 from harness.methods.base import MethodBatch, MethodContext
 from harness.methods.flat import DIVERGENCES, Flat, FlatConfig
 from harness.methods.sga import SgaConfig, SmoothedGradientAscent, one_step_r, sga_weights
-from harness.prepare import Finetune
-from harness.training import TrainConfig, train
+from harness.training.finetune import Finetune
+from harness.training.loop import TrainConfig, train
 
 FORGET = [
     Example("Q: who? A:", " Zorb the tall", id="f0", perturbed=(" Quix the short", " Mavel the odd", " Tonk", " Pell the wise")),
@@ -351,7 +351,7 @@ OTHER = [Example(f"R{i}:", f" other {w}") for i, w in enumerate(["alpha", "beta"
 
 @pytest.fixture(scope="module")
 def finetuned():
-    from harness.models import build_tiny_random
+    from harness.runtime.models import build_tiny_random
 
     model, tok = build_tiny_random()
     model = model.float()

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import harness.training as training
-from harness.batching import Example, make_batch
+import harness.training.loop as training
+from harness.data.batching import Example, make_batch
 from harness.errors import HarnessError
-from harness.losses import answer_ce, sequence_logprob
+from harness.training.losses import answer_ce, sequence_logprob
 from harness.methods import idkdpo as idkdpo_module
 from harness.methods import npo as npo_module
 from harness.methods.base import (
@@ -25,10 +25,10 @@ from harness.methods.idkdpo import REFERENCE_BATCH, IdkDPO, IdkDPOConfig
 from harness.methods.npo import NPO, NPOConfig
 from harness.methods.refusals import REFUSALS, sample_refusals
 from harness.methods.simnpo import SimNPO, SimNPOConfig
-from harness.models import build_tiny_random
-from harness.prepare import Finetune
+from harness.runtime.models import build_tiny_random
+from harness.training.finetune import Finetune
 from harness.registry import METHODS
-from harness.training import TrainConfig, train
+from harness.training.loop import TrainConfig, train
 
 FORGET = [Example("Q: who? A:", " Zorb the tall"), Example("Q: where? A:", " in Velmora"), Example("Q: x? A:", " 42")]
 RETAIN = [Example("Q: what? A:", " a clock"), Example("Q: when? A:", " in 1962")]

@@ -4,11 +4,11 @@ import json
 import pytest
 import torch
 
-from harness import config as cfgmod
-from harness import models
+from harness.run import config as cfgmod
+from harness.runtime import models
 from harness.errors import HarnessError
-from harness.results import atomic_write_text, config_id, ensure_inside, read_record
-from harness.training import TrainConfig
+from harness.run.results import atomic_write_text, config_id, ensure_inside, read_record
+from harness.training.loop import TrainConfig
 
 
 def test_tiny_random_is_deterministic_and_round_trips_text():

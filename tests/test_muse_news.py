@@ -16,9 +16,9 @@ from harness.benchmarks.muse_news import (
     cut_answer,
     knowmem_prompt,
 )
-from harness.engine import TokenScores
+from harness.engines.base import TokenScores
 from harness.errors import HarnessError
-from harness.evaluation import PlanOutputs
+from harness.engines.plan import PlanOutputs
 from harness.scoring.privacy import MUSE_NEWS_RETRAIN_AUC
 
 from conftest import data_root

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.models import cache_root, portable_path
+from harness.runtime.models import cache_root, portable_path
 
 REPO = Path(__file__).resolve().parent.parent
 # An absolute path into a home, temporary, scratch or system-user folder. Built from parts so

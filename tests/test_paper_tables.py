@@ -12,7 +12,7 @@ from harness.errors import HarnessError
 from harness.leaderboard.paper_tables import (
     NOT_RUN, PAPERS_DIR, UNKNOWN, format_sig, known_papers, load_paper, parse_paper, render_paper_table,
 )
-from harness.results import record_path, write_record
+from harness.run.results import record_path, write_record
 
 MODEL = "smollm2-135m"
 

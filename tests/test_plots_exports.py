@@ -15,7 +15,7 @@ from harness.errors import HarnessError
 from harness.leaderboard.columns import Column
 from harness.leaderboard.export import leaderboard_frame, render_csv, render_json, write_exports
 from harness.leaderboard.markdown import format_value, render_leaderboard
-from harness.results import record_path, write_record
+from harness.run.results import record_path, write_record
 
 COLUMNS = {
     "synthetic": [

@@ -18,8 +18,8 @@ QUICK = ["--benchmark", "synthetic", "--model", "tiny-random", "--limit", "2",
 STALLING_PLUGIN = '''
 import os, time
 from pathlib import Path
-from harness.engine import HFEngine
-from harness.losses import answer_ce
+from harness.engines.hf import HFEngine
+from harness.training.losses import answer_ce
 from harness.methods.base import UnlearningMethod
 from harness.registry import register_method
 

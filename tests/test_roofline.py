@@ -1,12 +1,12 @@
-"""The memory-bandwidth bound of decoding (harness/roofline.py), against counts made by hand
+"""The memory-bandwidth bound of decoding (harness/engines/roofline.py), against counts made by hand
 from the tiny Llama's dimensions."""
 import math
 
 import pytest
 import torch
 
-from harness import roofline
-from harness.models import build_tiny_random
+from harness.engines import roofline
+from harness.runtime.models import build_tiny_random
 
 # build_tiny_random(): hidden 64, intermediate 128, 2 layers, 4 heads of 16, 2 key-value heads
 H, I, LAYERS, KV_WIDTH = 64, 128, 2, 2 * 16

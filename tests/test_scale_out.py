@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import distributed
-from harness.models import build_tiny_random
+from harness.training import distributed
+from harness.runtime.models import build_tiny_random
 
 REPO = Path(__file__).resolve().parent.parent
 pytest.importorskip("accelerate")
@@ -156,7 +156,7 @@ def test_unsupported_launch_options_are_refused_with_the_fix(monkeypatch, env, m
 def test_methods_that_cannot_shard_are_refused_before_any_work(monkeypatch, tmp_path):
     """Under FSDP, RMU and SGA's automatic r are refused when the run is set up; a fixed r and GA are not."""
     from harness.errors import HarnessError
-    from harness.runner import RunRequest, Runner
+    from harness.run.runner import RunRequest, Runner
 
     class FakeSharded(distributed.SingleProcess):
         sharded = True
@@ -302,7 +302,7 @@ def test_two_concurrent_runs_on_one_results_folder_compute_each_cell_once(tmp_pa
 
 # --- claims: unit tests ----------------------------------------------------------------------------
 def test_a_live_claim_keeps_others_out_and_release_frees_the_cell(tmp_path):
-    from harness.claims import Claims, claim_path
+    from harness.run.claims import Claims, claim_path
 
     record = tmp_path / "cell-seed0.json"
     first, second = Claims(worker="w1"), Claims(worker="w2")
@@ -316,7 +316,7 @@ def test_a_live_claim_keeps_others_out_and_release_frees_the_cell(tmp_path):
 
 
 def test_a_stale_claim_is_taken_over(tmp_path, monkeypatch):
-    from harness.claims import Claims, claim_path, read_claim
+    from harness.run.claims import Claims, claim_path, read_claim
 
     record = tmp_path / "cell-seed0.json"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -335,9 +335,9 @@ def test_a_stale_claim_is_taken_over(tmp_path, monkeypatch):
 
 
 def test_status_reads_queued_running_done_failed(tmp_path):
-    from harness.claims import Claims
-    from harness.results import write_record
-    from harness.status import cell_states, summary_line
+    from harness.run.claims import Claims
+    from harness.run.results import write_record
+    from harness.run.status import cell_states, summary_line
 
     paths = {n: tmp_path / "b" / "m" / n / "x-seed0.json" for n in ("a", "b", "c", "d")}
     write_record(paths["a"], {"schema": 1, "status": "ok"})

@@ -184,11 +184,11 @@ def test_mean_or_error():
 # --- registry ---------------------------------------------------------------------------------
 
 def test_registered_metrics_have_family_and_description():
-    from harness.registry import METRIC_FAMILIES, METRICS
+    from harness.scoring.catalogue import METRIC_FAMILIES, declared_metrics
 
-    # Read the entries that importing harness.scoring registered, without METRICS.names(): that
-    # would also import harness.methods/benchmarks (torch, and other people's work in progress).
-    registered = dict(METRICS._items)
+    # Read the declarations, not METRICS.names(): that would also import harness.methods/benchmarks
+    # (torch, and other people's work in progress). The registry registers exactly these.
+    registered = {info.name: info for info in declared_metrics()}
     names = sorted(registered)
     expected = {
         "rouge_l_recall", "rouge_l_f1", "mean_token_probability", "normalised_answer_probability",

@@ -8,16 +8,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from harness import selection
-from harness.batching import Example
+from harness.run import selection
+from harness.data.batching import Example
 from harness.cli import main
 from harness.errors import HarnessError
 from harness.leaderboard.columns import Column
 from harness.leaderboard.markdown import render_leaderboard
-from harness.losses import answer_ce
+from harness.training.losses import answer_ce
 from harness.methods.base import UnlearningMethod
-from harness.runner import PerEpoch, Runner, RunRequest
-from harness.training import TrainConfig, train
+from harness.run.runner import PerEpoch, Runner, RunRequest
+from harness.training.loop import TrainConfig, train
 
 COLUMNS = [
     Column("verbmem_f", "VerbMem f", "down", "verbatim", digits=1),

@@ -4,9 +4,9 @@ import math
 import pytest
 
 from harness.benchmarks.synthetic import Synthetic, SyntheticConfig
-from harness.engine import TokenScores
+from harness.engines.base import TokenScores
 from harness.errors import HarnessError
-from harness.evaluation import PlanOutputs
+from harness.engines.plan import PlanOutputs
 
 
 def scores_of(logp: float, n: int = 4) -> TokenScores:

@@ -3,7 +3,7 @@ import json
 
 import torch
 
-from harness import threads
+from harness.runtime import threads
 from harness.cli import main
 
 

@@ -27,9 +27,9 @@ from harness.benchmarks.tofu import (
     read_eval_log,
     scores_from_logs,
 )
-from harness.engine import TokenScores
+from harness.engines.base import TokenScores
 from harness.errors import HarnessError
-from harness.evaluation import PlanOutputs
+from harness.engines.plan import PlanOutputs
 
 TOFU = data_root() / "tofu"
 LOGS = TOFU / "retain_eval_logs"

@@ -12,12 +12,13 @@ import math
 import pytest
 import torch
 
-from harness.batching import encode
+from harness.data.batching import encode
 from harness.benchmarks.base import degenerate_generations
 from harness.benchmarks.tofu import Tofu, TofuConfig
-from harness.chat import ChatPrompt
-from harness.engine import GenerationRequest, HFEngine, LogprobRequest
-from harness.evaluation import run_plan
+from harness.data.chat import ChatPrompt
+from harness.engines.hf import HFEngine
+from harness.engines.base import GenerationRequest, LogprobRequest
+from harness.engines.plan import run_plan
 from test_tofu import FORGET, REAL_AUTHORS, fake_tofu  # noqa: F401  (fixture)
 
 
@@ -120,8 +121,8 @@ def test_auto_picks_chat_only_with_a_chat_template(tiny, fake_tofu):  # noqa: F8
 
 
 def test_prepared_models_are_keyed_and_trained_in_the_resolved_format(tiny, fake_tofu):  # noqa: F811
-    from harness.prepare import prepared_key
-    from harness.training import TrainConfig
+    from harness.run.prepare import prepared_key
+    from harness.training.loop import TrainConfig
 
     _, tok = tiny
     bench = Tofu(None, fake_tofu)

@@ -120,7 +120,7 @@ def the_record(tmp_path: Path) -> dict:
 
 
 def test_smollm2_tofu_agrees_with_the_reference_per_item(tmp_path):
-    from harness.models import load_model
+    from harness.runtime.models import load_model
 
     record = the_record(tmp_path)
     config = record["config"]["benchmark_config"]

@@ -5,14 +5,14 @@ import math
 import pytest
 import torch
 
-from harness.batching import Example, make_batch
+from harness.data.batching import Example, make_batch
 from harness.errors import HarnessError
-from harness.losses import answer_ce
+from harness.training.losses import answer_ce
 from harness.methods.base import UnlearningMethod
 from harness.methods.ga import GradientAscent
 from harness.methods.graddiff import GradDiff
-from harness.prepare import Finetune
-from harness.training import TrainConfig, schedule_factor, train
+from harness.training.finetune import Finetune
+from harness.training.loop import TrainConfig, schedule_factor, train
 
 FACTS = [Example(f"Q{i}:", f" fact number {i} is {w}") for i, w in enumerate(["zorb", "quix", "mavel", "tonk"])]
 OTHER = [Example(f"R{i}:", f" other {w}") for i, w in enumerate(["alpha", "beta", "gamma", "delta"])]

@@ -20,10 +20,11 @@ if importlib.util.find_spec("vllm") is None:
 import torch  # noqa: E402
 
 from conftest import data_root  # noqa: E402
-from harness.config import EvalConfig  # noqa: E402
-from harness.engine import GenerationRequest, HFEngine, LogprobRequest  # noqa: E402
-from harness.engine_base import RoutedEngine  # noqa: E402
-from harness.models import load_model, smollm2_folder  # noqa: E402
+from harness.run.config import EvalConfig  # noqa: E402
+from harness.engines.hf import HFEngine  # noqa: E402
+from harness.engines.base import GenerationRequest, LogprobRequest
+from harness.engines.base import RoutedEngine  # noqa: E402
+from harness.runtime.models import load_model, smollm2_folder  # noqa: E402
 
 LOGPROB_TOLERANCE = 2e-4
 TOFU, MUSE = data_root() / "tofu", data_root() / "muse-news"
@@ -40,7 +41,7 @@ def smol():
 
 @pytest.fixture(scope="module")
 def runtime():
-    from harness.vllm_engine import VLLMRuntime
+    from harness.engines.vllm import VLLMRuntime
 
     rt = VLLMRuntime("float32", "cpu", log=lambda m: None)
     yield rt
@@ -48,7 +49,7 @@ def runtime():
 
 
 def engines(runtime, loaded, folder=None):
-    from harness.vllm_engine import VLLMEngine
+    from harness.engines.vllm import VLLMEngine
 
     return VLLMEngine(runtime, loaded.model, loaded.tokenizer, 2048, folder), HFEngine(loaded.model, loaded.tokenizer, 8)
 
@@ -116,7 +117,7 @@ def test_whole_texts_and_routing_of_full_distribution_requests(runtime, smol):
 
 def test_switching_to_a_model_with_changed_tied_embeddings(runtime, smol, tmp_path):
     """One runtime, reloaded in place: the new model's outputs, then the first model's again."""
-    from harness.vllm_engine import VLLMEngine
+    from harness.engines.vllm import VLLMEngine
 
     a_vllm, a_hf = engines(runtime, smol, smollm2_folder())
     changed = load_model("smollm2-135m", torch.device("cpu"))
@@ -150,7 +151,7 @@ def test_bench_reports_vllm_against_hf(runtime, smol):
     import argparse
 
     from harness.benchmarks.synthetic import Synthetic
-    from harness.bench_engines import report_engines
+    from harness.bench.engines import report_engines
 
     lines = []
     args = argparse.Namespace(limit=1, batch_size=8, max_length=2048, eval_cfg=EvalConfig())
@@ -165,8 +166,8 @@ def test_bench_reports_vllm_against_hf(runtime, smol):
 
 def test_eval_with_vllm_gives_the_hf_leaderboard_cells(runtime, tmp_path, monkeypatch):
     """`harness eval` on the synthetic benchmark through the run's machinery, vLLM then HF."""
-    from harness.bench_engines import same_cells
-    from harness.runner import RunRequest, Runner, RunSummary
+    from harness.bench.engines import same_cells
+    from harness.run.runner import RunRequest, Runner, RunSummary
 
     def evaluate(engine, reuse=None, logprobs="auto"):
         req = RunRequest(benchmark="synthetic", model="smollm2-135m", target="smollm2-135m", limit=2, engine=engine,

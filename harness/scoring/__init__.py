@@ -1,6 +1,6 @@
 """Pure scoring functions: texts, token log-probs and arrays in, numbers out (no model here).
 
-Importing this package registers every metric in ``harness.registry.METRICS``.
+Every metric is declared in ``harness.scoring.catalogue``; the registry lists them from there.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.registry import metric
+from harness.scoring.catalogue import metric
 
 
 def mean_or_error(values: Sequence[float], metric_name: str) -> float:

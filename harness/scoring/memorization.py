@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from harness.registry import metric
+from harness.scoring.catalogue import metric
 
 
 def _as_bool(greedy_match: Sequence[bool]) -> np.ndarray:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.registry import metric
+from harness.scoring.catalogue import metric
 
 # MUSE reference AUC of the retrain model (MUSE convention), used for PrivLeak when no retrain
 # model is evaluated (Shi et al. 2024, MUSE, section on PrivLeak; the constant its code compares with).

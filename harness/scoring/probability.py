@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from harness.registry import metric
+from harness.scoring.catalogue import metric
 from harness.scoring.aggregate import mean_or_error
 
 

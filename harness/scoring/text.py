@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import lru_cache
 
-from harness.registry import metric
+from harness.scoring.catalogue import metric
 
 
 @lru_cache(maxsize=2)

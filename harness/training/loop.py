@@ -12,18 +12,19 @@ import math
 import random
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from harness import distributed
-from harness.batching import Example, make_batch
-from harness.chat import prompt_text
+from harness.training import distributed
+from harness.data.batching import Example, make_batch
+from harness.data.chat import prompt_text
 from harness.errors import HarnessError
-from harness.losses import sequence_logprob
+from harness.training.finetune import Finetune
+from harness.training.losses import sequence_logprob
 from harness.methods.base import (
     NEEDS_REFERENCE_LOGPROBS,
     NEEDS_REFERENCE_MODEL,
@@ -101,22 +102,11 @@ def schedule_factor(step: int, total: int, warmup: int, kind: str) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-def train(
-    model: torch.nn.Module,
-    tokenizer,
-    method: UnlearningMethod,
-    forget: list[Example],
-    retain: list[Example] | None,
-    cfg: TrainConfig,
-    seed: int,
-    progress=None,
-    add_eos: bool = True,
-    log=None,
-    on_epoch_end: Callable[[int, torch.nn.Module], None] | None = None,
-) -> TrainResult:
-    """Unlearn with ``method``: its ``unlearn`` hook, by default one ``run_loop`` on its loss."""
-    loop = Loop(tokenizer, forget, retain, cfg, seed, progress, add_eos, log, on_epoch_end)
-    return method.unlearn(model, loop)
+def train(model: torch.nn.Module, tokenizer, method: UnlearningMethod, forget: list[Example],
+          retain: list[Example] | None, cfg: TrainConfig, seed: int, **options) -> TrainResult:
+    """Unlearn with ``method``: its ``unlearn`` hook (by default one ``run_loop``) on a ``Loop`` of
+    these data and settings; ``options`` are the ``Loop``'s optional fields."""
+    return method.unlearn(model, Loop(tokenizer, forget, retain, cfg, seed, **options))
 
 
 @dataclass
@@ -140,14 +130,10 @@ class Loop:
 
     def run(self, method: UnlearningMethod, model: torch.nn.Module, extras: dict | None = None) -> TrainResult:
         with only_trainable(model, method.trainable_parameters(model), method.name):
-            return run_loop(model, self.tokenizer, method, self.forget, self.retain, self.cfg, self.seed,
-                            self.progress, self.add_eos, self.log, self.on_epoch_end, extras=extras)
+            return run_loop(model, method, self, extras)
 
     def fine_tune(self, model: torch.nn.Module, cfg: TrainConfig | None = None) -> TrainResult:
-        from harness.prepare import Finetune   # prepare imports this module
-
-        return self.__class__(self.tokenizer, self.forget, None, cfg or self.cfg, self.seed, self.progress,
-                              self.add_eos, self.log, None).run(Finetune(), model)
+        return replace(self, retain=None, cfg=cfg or self.cfg, on_epoch_end=None).run(Finetune(), model)
 
 
 @contextmanager
@@ -166,20 +152,7 @@ def only_trainable(model: torch.nn.Module, trainable, method_name: str):
             p.requires_grad_(flag)
 
 
-def run_loop(
-    model: torch.nn.Module,
-    tokenizer,
-    method: UnlearningMethod,
-    forget: list[Example],
-    retain: list[Example] | None,
-    cfg: TrainConfig,
-    seed: int,
-    progress=None,
-    add_eos: bool = True,
-    log=None,
-    on_epoch_end: Callable[[int, torch.nn.Module], None] | None = None,
-    extras: dict | None = None,
-) -> TrainResult:
+def run_loop(model: torch.nn.Module, method: UnlearningMethod, loop: Loop, extras: dict | None = None) -> TrainResult:
     """Minimise ``method.loss`` over the forget set (paired with retain items when needed).
 
     Parameters that do not require grad are not updated (``Loop.run`` freezes those a method does
@@ -188,6 +161,8 @@ def run_loop(
     after a diverged one, with the model in eval mode; see ``_end_of_epoch`` for what it may
     not disturb. Its time is not counted as training time.
     """
+    tokenizer, forget, retain, cfg, seed = loop.tokenizer, loop.forget, loop.retain, loop.cfg, loop.seed
+    progress, add_eos, log, on_epoch_end = loop.progress, loop.add_eos, loop.log, loop.on_epoch_end
     if not forget:
         raise HarnessError("the forget set is empty: nothing to train on.")
     needs = method.needs_of()
@@ -246,7 +221,7 @@ def run_loop(
             step_loss, step_logs, finite = 0.0, {}, True
             optimiser.zero_grad(set_to_none=True)
             # Micro-batches and their retain pairing are drawn for the whole step, then shared out
-            # between ranks (all of them when there is one process): see harness/distributed.py.
+            # between ranks (all of them when there is one process): see harness/training/distributed.py.
             micro = [chunk[at : at + cfg.micro_batch] for at in range(0, len(chunk), cfg.micro_batch)]
             pairs = [[pair_rng.randrange(len(retain)) for _ in idx] for idx in micro] if retain and NEEDS_RETAIN in needs else None
             for j, padding in ranks.passes(len(micro)):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from harness.engine import GenerationRequest, LogprobRequest, TokenScores
+from harness.engines.base import GenerationRequest, LogprobRequest, TokenScores
 
 
 @dataclass

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from harness.config import VLLM_DTYPES
-from harness.engine import HFEngine
-from harness.engine_base import RoutedEngine
+from harness.engines.hf import HFEngine
+from harness.engines.base import RoutedEngine
 from harness.errors import HarnessError
 
 ENGINES = ("auto", "hf", "vllm")
+VLLM_DTYPES = ("auto", "float32", "bfloat16", "float16")   # eval.vllm_dtype
 
 
 def default_engine() -> str:
@@ -28,7 +28,7 @@ def default_engine() -> str:
 
 def resolve_engine(name: str | None) -> str:
     """'hf' or 'vllm' for a requested engine name, or a clear error."""
-    from harness.vllm_engine import INSTALL_HINT, vllm_available
+    from harness.engines.vllm import INSTALL_HINT, vllm_available
 
     name = (name or default_engine()).strip().lower()
     if name not in ENGINES:
@@ -70,7 +70,7 @@ class EvalEngines:
         self.runtime = None
 
     def _runtime(self, model):
-        from harness.vllm_engine import VLLMRuntime
+        from harness.engines.vllm import VLLMRuntime
 
         dtype = vllm_dtype(self.eval_cfg.vllm_dtype, model)
         if self.runtime is not None and self.runtime.dtype != dtype:
@@ -85,7 +85,7 @@ class EvalEngines:
     def _cached(engine, model, tokenizer, cache):
         if cache is None:
             return engine
-        from harness.evalcache import CachedEngine, model_key
+        from harness.engines.cache import CachedEngine, model_key
 
         return CachedEngine(engine, cache, model_key(model, tokenizer, engine.settings()))
 
@@ -97,7 +97,7 @@ class EvalEngines:
         hf = self._cached(hf, loaded.model, loaded.tokenizer, cache)
         if self.kind == "hf":
             return RoutedEngine(hf)
-        from harness.vllm_engine import VLLMEngine
+        from harness.engines.vllm import VLLMEngine
 
         vllm = VLLMEngine(self._runtime(loaded.model), loaded.model, loaded.tokenizer, self.eval_cfg.max_length, folder)
         to_hf = vllm_logprobs_engine(self.eval_cfg.vllm_logprobs, self.device) == "hf"

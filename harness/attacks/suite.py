@@ -7,13 +7,13 @@ benchmark's metrics again through the same engine and evaluation cache:
   forget set's independent units (a synthetic person, a TOFU author, a MUSE article) are split by
   the run's seed into a *relearn* half and a *scored* half that never overlap; the copy is
   fine-tuned for ``attack.relearn_steps`` optimiser steps of plain cross-entropy on the relearn
-  half through the shared loop (``harness/training.py``), and only the scored half's forget items
+  half through the shared loop (``harness/training/loop.py``), and only the scored half's forget items
   are scored, so the attack cannot simply re-inject what it is scored on (Feng et al. 2025, arXiv
   2506.00688). The unattacked model is scored on the same scored half for the comparison, and so
   are the target and retain models (the retain model's per-item values are the reference of
   forget quality and PrivLeak on that half). Utility items are scored in full.
 - ``int8`` / ``int4`` (Zhang et al. 2024, arXiv 2410.16454): weight-only round-to-nearest
-  quantisation per group, dequantised (``harness/quantize.py``); scored on the full benchmark.
+  quantisation per group, dequantised (``harness/attacks/quantize.py``); scored on the full benchmark.
 
 The retain model is attacked too: how much a model that never saw the forget data "recovers"
 is the baseline a method's recovery must be compared with.
@@ -36,12 +36,12 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from harness import distributed
+from harness.training import distributed
 from harness.errors import HarnessError
-from harness.models import LoadedModel
-from harness.prepare import Finetune
-from harness.quantize import quantise_model_
-from harness.training import TrainConfig, train
+from harness.runtime.models import LoadedModel
+from harness.training.finetune import Finetune
+from harness.attacks.quantize import quantise_model_
+from harness.training.loop import TrainConfig, train
 
 RELEARN = "relearn"
 QUANTISE = {"int8": 8, "int4": 4}
@@ -236,7 +236,7 @@ class Attacks:
         try:
             with distributed.this_process_only():   # the main process attacks; launched ranks wait for it
                 result = train(attacked.model, attacked.tokenizer, Finetune(), self.relearn_examples, None,
-                               self.relearn_cfg, self.seed, self.progress)
+                               self.relearn_cfg, self.seed, progress=self.progress)
             after = evaluate(attacked, self.scored, self.scored_reference)
         finally:
             del attacked

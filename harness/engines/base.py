@@ -1,7 +1,7 @@
 """What every evaluation engine offers, and the tokenisation all of them share.
 
 The runner, ``harness bench`` and the evaluation cache talk to an ``Engine``: greedy
-``generate`` and teacher-forced ``logprobs`` over the request types of ``harness.engine``,
+``generate`` and teacher-forced ``logprobs`` over the request types defined here,
 and ``settings()``, what its outputs depend on besides weights and request (the cache key).
 Backends differ in how they compute, never in which tokens they see: ``TokenizedEngine`` owns
 how a prompt and a scored text become token ids and how generated ids become text, so the HF
@@ -15,14 +15,55 @@ requests to an engine that has them and counts which engine answered what, for t
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from harness.batching import encode, prompt_ids
-from harness.chat import ChatPrompt
+from harness.data.batching import encode, prompt_ids
+from harness.data.chat import ChatPrompt
 from harness.scoring.text import truncate_at_stop
 
-if TYPE_CHECKING:  # the request types live in harness.engine, which imports this module
-    from harness.engine import GenerationRequest, LogprobRequest, TokenScores
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Greedy generation; a ``ChatPrompt`` is rendered by the tokenizer's chat template.
+
+    ``clean_up_spaces`` decodes with ``clean_up_tokenization_spaces=True`` (MUSE's decoding);
+    special tokens are always skipped.
+    """
+
+    prompt: str | ChatPrompt
+    max_new_tokens: int
+    stop: tuple[str, ...] = ()
+    clean_up_spaces: bool = False
+
+
+@dataclass(frozen=True)
+class LogprobRequest:
+    """Score ``continuation`` given ``prompt`` (an empty prompt scores the whole text).
+
+    ``add_eos`` appends the tokenizer's EOS to the continuation and scores it (TOFU's
+    convention). ``full_context`` scores the text up to the model's context length instead of
+    ``eval.max_length`` (MUSE never truncates its PrivLeak texts); a longer text is cut there
+    with a warning.
+
+    ``needs_distribution``: the metric reads ``mu``/``sigma`` (Min-K%++), so the request goes to
+    an engine that computes the full next-token distribution (``harness/engines/base.py``).
+    """
+
+    prompt: str | ChatPrompt
+    continuation: str
+    add_eos: bool = False
+    full_context: bool = False
+    needs_distribution: bool = False
+
+
+@dataclass
+class TokenScores:
+    logprobs: list[float]        # log p of each continuation token
+    greedy_match: list[bool]     # argmax prediction == the token
+    mu: list[float] | None       # E[log p] under the model's next-token distribution (None: not computed)
+    sigma: list[float] | None    # its standard deviation
+
 
 
 class Engine(ABC):
@@ -53,11 +94,11 @@ class TokenizedEngine(Engine):
     max_length: int
 
     def prompt_ids(self, prompt: str | ChatPrompt) -> list[int]:
-        """A generation prompt as ids (``harness.batching.prompt_ids``: chat template, BOS alone for an empty prompt)."""
+        """A generation prompt as ids (``harness.data.batching.prompt_ids``: chat template, BOS alone for an empty prompt)."""
         return prompt_ids(self.tokenizer, prompt)
 
     def scored_ids(self, request: LogprobRequest) -> tuple[list[int], list[int]]:
-        """Ids and labels of prompt + continuation (``harness.batching.encode``); position 0 is never scored."""
+        """Ids and labels of prompt + continuation (``harness.data.batching.encode``); position 0 is never scored."""
         return encode(self.tokenizer, request.prompt, request.continuation, self._limit(request), request.add_eos)
 
     def decode(self, ids: list[int], request: GenerationRequest) -> str:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.chat import ChatPrompt, chat_encode, chat_prompt_ids
+from harness.data.chat import ChatPrompt, chat_encode, chat_prompt_ids
 
 IGNORE = -100
 

@@ -13,58 +13,14 @@ from __future__ import annotations
 import copy
 import itertools
 import warnings
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from transformers import StoppingCriteria
 
-from harness.batching import IGNORE, encode
-from harness.chat import ChatPrompt
-from harness.engine_base import TokenizedEngine
+from harness.data.batching import IGNORE, encode
+from harness.engines.base import GenerationRequest, LogprobRequest, TokenScores, TokenizedEngine
 from harness.errors import HarnessError
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """Greedy generation; a ``ChatPrompt`` is rendered by the tokenizer's chat template.
-
-    ``clean_up_spaces`` decodes with ``clean_up_tokenization_spaces=True`` (MUSE's decoding);
-    special tokens are always skipped.
-    """
-
-    prompt: str | ChatPrompt
-    max_new_tokens: int
-    stop: tuple[str, ...] = ()
-    clean_up_spaces: bool = False
-
-
-@dataclass(frozen=True)
-class LogprobRequest:
-    """Score ``continuation`` given ``prompt`` (an empty prompt scores the whole text).
-
-    ``add_eos`` appends the tokenizer's EOS to the continuation and scores it (TOFU's
-    convention). ``full_context`` scores the text up to the model's context length instead of
-    ``eval.max_length`` (MUSE never truncates its PrivLeak texts); a longer text is cut there
-    with a warning.
-
-    ``needs_distribution``: the metric reads ``mu``/``sigma`` (Min-K%++), so the request goes to
-    an engine that computes the full next-token distribution (``harness/engine_base.py``).
-    """
-
-    prompt: str | ChatPrompt
-    continuation: str
-    add_eos: bool = False
-    full_context: bool = False
-    needs_distribution: bool = False
-
-
-@dataclass
-class TokenScores:
-    logprobs: list[float]        # log p of each continuation token
-    greedy_match: list[bool]     # argmax prediction == the token
-    mu: list[float] | None       # E[log p] under the model's next-token distribution (None: not computed)
-    sigma: list[float] | None    # its standard deviation
 
 
 class StopOnStrings(StoppingCriteria):

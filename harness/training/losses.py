@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from harness.batching import IGNORE, TokenBatch
+from harness.data.batching import IGNORE, TokenBatch
 
 
 def shifted(batch: TokenBatch, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

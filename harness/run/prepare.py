@@ -15,26 +15,14 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from harness import distributed
-from harness.claims import Claims, claim_cell
-from harness.codeversion import finetune_code
+from harness.training import distributed
+from harness.run.claims import Claims, claim_cell
+from harness.runtime.codeversion import finetune_code
 from harness.errors import HarnessError
-from harness.losses import answer_ce
-from harness.methods.base import UnlearningMethod
-from harness.models import cache_root, load_model, load_tokenizer, portable_path
-from harness.results import slug
-from harness.training import TrainConfig, train
-
-
-class Finetune(UnlearningMethod):
-    """Plain supervised fine-tuning: minimise CE on the given examples."""
-
-    name = "finetune"
-    description = "Supervised fine-tuning (used by prepare)"
-
-    def loss(self, model, batch, ctx):
-        ce = answer_ce(model, batch.forget)
-        return ce, {"ce": ce.item()}
+from harness.runtime.models import cache_root, load_model, load_tokenizer, portable_path
+from harness.run.results import slug
+from harness.training.finetune import Finetune
+from harness.training.loop import TrainConfig, train
 
 
 def prepared_key(base: str, benchmark, cfg: TrainConfig, seed: int) -> str:
@@ -66,7 +54,7 @@ def prepare(base: str, benchmark, cfg: TrainConfig, seed: int, device=None, prog
     for role in ("target", "retain"):
         folder = prepared_folder(base, benchmark, cfg, seed, role)
         folders[role] = folder
-        # One builder per folder: other processes sharing the cache wait for it (harness/claims.py);
+        # One builder per folder: other processes sharing the cache wait for it (harness/run/claims.py);
         # under accelerate launch the main process decides for all ranks, which then train together.
         if ranks.broadcast(ranks.is_main and _wait_or_claim(claims, folder, force, log)):
             log(f"prepare: reusing cached {role} model {folder}")
@@ -80,7 +68,7 @@ def prepare(base: str, benchmark, cfg: TrainConfig, seed: int, device=None, prog
             )
         log(f"prepare: fine-tuning the {role} model on {len(examples)} examples ({cfg.epochs} epochs, lr {cfg.lr})")
         started = time.perf_counter()
-        result = train(loaded.model, loaded.tokenizer, Finetune(), examples, None, cfg, seed, progress, log=log)
+        result = train(loaded.model, loaded.tokenizer, Finetune(), examples, None, cfg, seed, progress=progress, log=log)
         if result.status != "ok":
             raise RuntimeError(f"fine-tuning the {role} model diverged at step {result.diverged_at_step}; lower finetune.lr.")
         if not ranks.is_main:

@@ -5,7 +5,7 @@ The flow of one run: resolve settings; get the target and retain models (given, 
 PrivLeak) and the target; then for each method copy the target, unlearn, evaluate, write the
 record. A finished cell is skipped unless forced; a cell that raises is recorded as failed
 and the run goes on, so one crash never loses the other cells. With ``eval.per_epoch`` a method
-is also evaluated after every epoch, and ``eval.select`` (``harness/selection.py``), declared
+is also evaluated after every epoch, and ``eval.select`` (``harness/run/selection.py``), declared
 before the run, decides which epoch's scores and weights its record reports.
 """
 from __future__ import annotations
@@ -25,20 +25,25 @@ from typing import Any, Callable
 
 import torch
 
-from harness import codeversion, distributed, selection, threads, truncation, validation
-from harness import config as cfgmod
-from harness.attacks import AttackConfig, Attacks, parse_attacks
-from harness.claims import Claims, claim_cell, owner_label
-from harness.config import EvalConfig
-from harness.engine_factory import EvalEngines, default_engine, resolve_engine
+from harness.runtime import codeversion
+from harness.training import distributed
+from harness.run import selection
+from harness.runtime import threads
+from harness.data import truncation
+from harness.run import validation
+from harness.run import config as cfgmod
+from harness.attacks.suite import AttackConfig, Attacks, parse_attacks
+from harness.run.claims import Claims, claim_cell, owner_label
+from harness.run.config import EvalConfig
+from harness.engines.factory import EvalEngines, default_engine, resolve_engine
 from harness.errors import HarnessError
-from harness.evalcache import EvalCache
-from harness.evaluation import run_plan
-from harness.models import SMOLLM2_ALIAS, cache_root, load_model, pick_device, portable_path, smollm2_folder
+from harness.engines.cache import EvalCache
+from harness.engines.plan import run_plan
+from harness.runtime.models import SMOLLM2_ALIAS, cache_root, load_model, pick_device, portable_path, smollm2_folder
 from harness.methods.base import NEEDS_RETAIN
-from harness.prepare import prepare
+from harness.run.prepare import prepare
 from harness.registry import BENCHMARKS, METHODS
-from harness.results import (
+from harness.run.results import (
     FINISHED,
     SHOWN,
     config_id,
@@ -51,7 +56,7 @@ from harness.results import (
     versions,
     write_record,
 )
-from harness.training import TrainConfig, check_shardable, epoch_plan, train
+from harness.training.loop import TrainConfig, check_shardable, epoch_plan, train
 
 
 #: where ad-hoc runs write (git-ignored); the committed records of the default run live in results/
@@ -75,8 +80,8 @@ class RunRequest:
     models_dir: Path | None = None
     device: str | None = None
     trust_remote_code: bool = False
-    eval_cache: bool = True        # reuse engine outputs of identical weights (harness/evalcache.py)
-    engine: str = field(default_factory=default_engine)   # auto, hf or vllm (harness/engine_factory.py)
+    eval_cache: bool = True        # reuse engine outputs of identical weights (harness/engines/cache.py)
+    engine: str = field(default_factory=default_engine)   # auto, hf or vllm (harness/engines/factory.py)
 
 
 @dataclass
@@ -248,7 +253,7 @@ class Runner:
         return record_path(self.results_dir, self.bench.name, self.model_label, name, config_id(resolved), self.req.seed)
 
     def run_cell(self, name: str) -> RunSummary:
-        """One cell alone, as an executor's task runs it (harness/executors.py).
+        """One cell alone, as an executor's task runs it (harness/run/executors.py).
 
         A method or target cell takes its references from the retain row's record, which the
         executor has finished first (were it missing, this computes it, under its claim).
@@ -380,7 +385,7 @@ class Runner:
         return claim_cell(self.claims, path, finished, wait=kind == "reference", log=self.log)
 
     def _reusable(self, path: Path, code: dict | None):
-        """The cell's finished record if it was made by the current code (harness/codeversion.py), else None."""
+        """The cell's finished record if it was made by the current code (harness/runtime/codeversion.py), else None."""
         done = finished_record(path, self.log)
         return None if done is None or codeversion.stale_reason(done.get("code"), code or {}) else done
 
@@ -411,7 +416,7 @@ class Runner:
         per_epoch = PerEpoch(self, loaded, reference, method.name, final_epoch) if self.eval_cfg.per_epoch and self.ranks.is_main else None
         try:
             result = train(loaded.model, loaded.tokenizer, method, forget, self.bench.retain_train(),
-                           train_cfg, self.req.seed, self.progress, log=self.log, on_epoch_end=per_epoch)
+                           train_cfg, self.req.seed, progress=self.progress, log=self.log, on_epoch_end=per_epoch)
         except HarnessError as exc:  # this method's settings do not fit this data: fail its cell only
             raise MethodSettingsError(str(exc)) from None
         if not self.ranks.is_main:  # the other ranks only train; the main process evaluates and saves

@@ -34,12 +34,12 @@ from pathlib import Path
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from harness.batching import encode
-from harness import threads
-from harness.engine import HFEngine
-from harness.evaluation import EvalPlan, PlanOutputs, run_plan
+from harness.data.batching import encode
+from harness.runtime import threads
+from harness.engines.hf import HFEngine
+from harness.engines.plan import EvalPlan, PlanOutputs, run_plan
 from harness.registry import METHODS
-from harness.training import TrainConfig, train
+from harness.training.loop import TrainConfig, train
 
 TOLERANCE = 1e-6
 

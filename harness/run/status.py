@@ -1,7 +1,7 @@
 """Progress you can see: which cells of a run are queued, running (and where), done or failed.
 
 Everything is read from the shared results folder, so any machine that sees it can ask, while
-a run goes on: records say done or failed, claims (harness/claims.py) say running and on which
+a run goes on: records say done or failed, claims (harness/run/claims.py) say running and on which
 host and process, and the plan that ``--executor ray|slurm`` writes (``<results>/.plans/``)
 names the cells not started yet. ``harness status --results-dir DIR`` prints it.
 """
@@ -13,8 +13,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from harness.claims import claim_path, is_stale, owner_label, read_claim
-from harness.results import FINISHED, atomic_write_text, read_record
+from harness.run.claims import claim_path, is_stale, owner_label, read_claim
+from harness.run.results import FINISHED, atomic_write_text, read_record
 from harness.errors import HarnessError
 
 STATES = ("queued", "running", "done", "failed")

@@ -30,9 +30,9 @@ from typing import Callable
 
 import torch
 
-from harness.batching import IGNORE
-from harness.engine import TokenScores
-from harness.engine_base import TokenizedEngine
+from harness.data.batching import IGNORE
+from harness.engines.base import TokenScores
+from harness.engines.base import TokenizedEngine
 from harness.errors import HarnessError
 
 INSTALL_HINT = (
@@ -45,7 +45,7 @@ CONFIG_KEYS_IGNORED = ("_name_or_path", "_model_name_or_path", "transformers_ver
 
 
 def cpu_binding(threads: int) -> str:
-    """``VLLM_CPU_OMP_THREADS_BIND`` for the harness's thread choice (harness/threads.py): the first
+    """``VLLM_CPU_OMP_THREADS_BIND`` for the harness's thread choice (harness/runtime/threads.py): the first
     ``threads`` cores this process may use. vLLM's own ``auto`` binds all cores but one (one thread
     on 2 cores), whatever the harness chose; with two threads each, vLLM's generation measured
     2.05x the HF engine's, against 1.89x for one each (docs/engines.md)."""
@@ -68,7 +68,7 @@ def vllm_version() -> str:
 
 def model_signature(model, tokenizer) -> str:
     """What a running LLM must share with the next model for a weight reload to be enough."""
-    from harness.evalcache import tokenizer_fingerprint
+    from harness.engines.cache import tokenizer_fingerprint
 
     config = {k: v for k, v in model.config.to_dict().items() if k not in CONFIG_KEYS_IGNORED}
     text = json.dumps(config, sort_keys=True, default=str) + tokenizer_fingerprint(tokenizer)
@@ -139,7 +139,7 @@ class VLLMRuntime:
         from vllm import LLM
 
         kwargs = dict(model=str(path), dtype=self.dtype, tensor_parallel_size=self.tensor_parallel,
-                      worker_extension_cls="harness.vllm_worker.TiedHeadRefresh", seed=0)
+                      worker_extension_cls="harness.engines.vllm_worker.TiedHeadRefresh", seed=0)
         if self.device == "cpu":
             kwargs.update(enforce_eager=True, kv_cache_memory_bytes=int((self.kv_cache_gib or CPU_KV_CACHE_GIB) * 2**30))
         else:  # on a GPU (unverified here): share memory with the HF model and training, sleep between evaluations

@@ -6,7 +6,7 @@ requests that need the full distribution answered by the HF engine, as in a run)
 wall time and tokens per second of each stage, vLLM's start-up (import and ``LLM()``) and the
 time to switch to another model's weights (a reload of the same weights from another folder),
 peak memory of this process and of vLLM's engine processes, how close each engine's decoding
-of one sequence comes to the memory-bandwidth bound (``harness/roofline.py``), and whether the
+of one sequence comes to the memory-bandwidth bound (``harness/engines/roofline.py``), and whether the
 scores are the same: generations identical, the largest aggregate difference, and whether every
 leaderboard cell prints the same. The last line reads
 ``vllm vs hf: generation X.XXx, log-probs Y.YYx, evaluation Z.ZZx (scores identical at the precision shown: yes|no)``.
@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from harness.bench import compare, plan_tokens
-from harness.engine import HFEngine
-from harness.engine_base import RoutedEngine
-from harness.engine_factory import vllm_dtype
-from harness.evaluation import EvalPlan, run_plan
-from harness.roofline import copy_bandwidth, kv_bytes_per_token, measure_decoding, streamed_weight_bytes
+from harness.bench.report import compare, plan_tokens
+from harness.engines.hf import HFEngine
+from harness.engines.base import RoutedEngine
+from harness.engines.factory import vllm_dtype
+from harness.engines.plan import EvalPlan, run_plan
+from harness.engines.roofline import copy_bandwidth, kv_bytes_per_token, measure_decoding, streamed_weight_bytes
 
 #: decoding steps timed for the bandwidth figure (one sequence, no early end)
 DECODE_STEPS = 64
@@ -68,7 +68,7 @@ def report_engines(bench, loaded, args, device, folder: Path | None, out=print, 
 
     ``runtime``: an already running ``VLLMRuntime`` to use (and leave running), else a new one.
     """
-    from harness.vllm_engine import VLLMEngine, VLLMRuntime, vllm_version
+    from harness.engines.vllm import VLLMEngine, VLLMRuntime, vllm_version
 
     model, tok, cfg = loaded.model, loaded.tokenizer, args.eval_cfg
     hf_engine = lambda: HFEngine(model, tok, args.batch_size, args.max_length,  # noqa: E731

@@ -14,8 +14,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
+from harness.engines.factory import VLLM_DTYPES
 from harness.errors import HarnessError, closest
-from harness.training import TrainConfig
 
 
 @dataclass
@@ -26,7 +26,7 @@ class EvalConfig:
                                     # 60% of free memory on GPU (changes speed and memory, not scores)
     per_epoch: bool = False     # also evaluate after every unlearning epoch (training curves)
     select: str = "last"        # checkpoint-selection rule applied to every method alike (see selection.py)
-    attacks: str = ""           # comma list of relearn, int8, int4: re-evaluate attacked copies (harness/attacks.py)
+    attacks: str = ""           # comma list of relearn, int8, int4: re-evaluate attacked copies (harness/attacks/suite.py)
     # vLLM engine (--engine vllm; docs/engines.md). auto dtype = the HF model's own (fp32 CPU, bf16 GPU).
     vllm_dtype: str = "auto"        # auto, float32, bfloat16 or float16 (bf16 on CPU: faster, changes scores)
     vllm_tensor_parallel: int = 1   # GPUs per model
@@ -43,7 +43,6 @@ class EvalConfig:
                                f"got '{self.vllm_logprobs}'.")
 
 
-VLLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
 VLLM_LOGPROB_ENGINES = ("auto", "vllm", "hf")
 
 

@@ -19,7 +19,7 @@ a rank may hold no micro-batch in a short last step, and some methods call ``aut
 inside their loss (SGA's automatic r), neither of which DDP's hooks allow.
 
 With ``accelerate launch --use_fsdp`` (``ACCELERATE_USE_FSDP=true``) the loop trains a sharded copy
-instead (``ShardedProcesses``, FSDP2: see ``harness/sharding.py``). The arithmetic is the same; what
+instead (``ShardedProcesses``, FSDP2: see ``harness/training/sharding.py``). The arithmetic is the same; what
 changes is that FSDP's gather and reduce-scatter run inside every forward and backward pass, so
 all ranks must run the same passes: a rank short of a micro-batch in a step runs a padding pass
 (a micro-batch of the step with weight 0, ``MethodBatch.padding``) and no rank stops a step early.
@@ -176,7 +176,7 @@ class ShardedProcesses(MultiProcess):
         return mine + [(0, True)] * (-(-n_micro // self.world_size) - len(mine))
 
     def training_model(self, model):
-        from harness.sharding import shard_copy
+        from harness.training.sharding import shard_copy
 
         return shard_copy(model, self.mesh, self.settings)
 
@@ -184,7 +184,7 @@ class ShardedProcesses(MultiProcess):
         """Nothing left to do: FSDP's reduce-scatter already summed each shard's gradient over ranks."""
 
     def sync_weights(self, trained, model) -> None:
-        from harness.sharding import gather_into
+        from harness.training.sharding import gather_into
 
         gather_into(trained, model)
 
@@ -231,7 +231,7 @@ def current(device: torch.device | None = None) -> SingleProcess:
         )
     settings = None
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
-        from harness.sharding import FsdpSettings
+        from harness.training.sharding import FsdpSettings
 
         settings = FsdpSettings.from_env()   # refuses the options the harness does not implement, before any work
     from accelerate import PartialState

@@ -4,11 +4,11 @@ The engine scores a text of more than ``eval.max_length`` tokens on its first to
 the training loop trains on the first ``train.max_length`` tokens of an example. That is the
 right behaviour for an occasional outlier, but a user must know it happened: records carry
 ``truncated`` (items cut, per split, zeros included) and the runner prints a warning.
-Lengths are counted exactly as ``harness.batching.encode`` builds the sequences.
+Lengths are counted exactly as ``harness.data.batching.encode`` builds the sequences.
 """
 from __future__ import annotations
 
-from harness.batching import encode
+from harness.data.batching import encode
 
 UNCUT = 10**9
 

@@ -9,7 +9,7 @@ With ``ray`` or ``slurm`` this process becomes a driver:
    and retain models, so they are built once, before the cells fan out;
 3. it submits every other cell (target row, each method) as its own task: one GPU each where the
    cluster has GPUs, one CPU otherwise. Each task builds the same ``Runner`` from the same request
-   and runs ``Runner.run_cell``: the cell claims its record (harness/claims.py), writes it
+   and runs ``Runner.run_cell``: the cell claims its record (harness/run/claims.py), writes it
    atomically into the shared results folder and releases the claim;
 4. while tasks run it logs progress (queued / running where / done / failed) every few seconds,
    and at the end renders the leaderboard from the records.
@@ -64,8 +64,9 @@ def execute_cell(request: dict, cell: str, plugins: list[str], env: dict[str, st
     """Run one cell in a worker; returns a small summary (the record itself is on disk)."""
     os.environ.update(env)
     os.environ["HARNESS_WORKER"] = worker
-    from harness.cli import load_plugins, quiet_libraries
-    from harness.runner import RunRequest, Runner
+    from harness.registry import load_plugins
+    from harness.runtime.quiet import quiet_libraries
+    from harness.run.runner import RunRequest, Runner
 
     quiet_libraries()
     load_plugins(plugins)
@@ -95,8 +96,8 @@ def _forwarded_env() -> dict[str, str]:
 # --- the driver ----------------------------------------------------------------------------------
 def run_distributed(runner, opts: ExecutorOptions, plugins: list[str], log=print):
     """Run ``runner``'s plan on Ray or SLURM; returns a RunSummary like ``Runner.run``."""
-    from harness.runner import RunSummary, render_results
-    from harness.status import write_plan
+    from harness.run.runner import RunSummary, render_results
+    from harness.run.status import write_plan
 
     names = runner.cell_names()
     paths = {name: runner.cell_path(name) for name in names}
@@ -111,7 +112,7 @@ def run_distributed(runner, opts: ExecutorOptions, plugins: list[str], log=print
         if stage:
             results += submit.run(stage, args, lambda: _progress_line(runner.results_dir, paths, log), opts.poll_s)
     summary = RunSummary()
-    from harness.results import read_record
+    from harness.run.results import read_record
 
     for name in names:
         record = read_record(paths[name])
@@ -126,7 +127,7 @@ def run_distributed(runner, opts: ExecutorOptions, plugins: list[str], log=print
 
 
 def _progress_line(results_dir: Path, paths: dict[str, Path], log) -> None:
-    from harness.status import cell_states, summary_line
+    from harness.run.status import cell_states, summary_line
 
     log(summary_line(cell_states(paths)))
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.codeversion import engine_code
-from harness.engine import GenerationRequest, LogprobRequest, TokenScores
-from harness.models import fingerprint
+from harness.runtime.codeversion import engine_code
+from harness.engines.base import GenerationRequest, LogprobRequest, TokenScores
+from harness.runtime.models import fingerprint
 
 # History: 1 = answers scored without EOS, plain prompts only; 2 = request-level EOS
 # (LogprobRequest.add_eos), chat-template prompts, decoding with clean_up_spaces, full-context

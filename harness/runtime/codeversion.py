@@ -18,11 +18,11 @@ import sys
 from pathlib import Path
 
 #: the shared unlearning loop: a change here changes every method's result
-LOOP_MODULES = ("harness.training", "harness.batching", "harness.losses")
+LOOP_MODULES = ("harness.training.loop", "harness.training.finetune", "harness.data.batching", "harness.training.losses")
 #: what `prepare` runs to fine-tune target and retain models
-FINETUNE_MODULES = (*LOOP_MODULES, "harness.prepare")
+FINETUNE_MODULES = (*LOOP_MODULES, "harness.run.prepare")
 #: what computes the outputs the evaluation cache stores
-ENGINE_MODULES = ("harness.engine", "harness.engine_base", "harness.vllm_engine")
+ENGINE_MODULES = ("harness.engines.hf", "harness.engines.base", "harness.engines.vllm")
 
 
 def file_hash(path: str) -> str:

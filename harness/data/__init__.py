@@ -1,0 +1,2 @@
+"""Data: reading benchmark files, rendering prompts (chat templates), tokenising examples,
+counting truncation."""
