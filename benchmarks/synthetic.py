@@ -35,7 +35,7 @@ from harness.engines.plan import EvalPlan, PlanOutputs
 from harness.leaderboard.columns import Column
 from harness.registry import register_benchmark
 from harness.scoring.aggregate import forget_quality, model_utility
-from harness.scoring.memorization import extraction_strength
+from harness.scoring.memorization import extraction_strength, without_eos_prediction
 from harness.scoring.privacy import min_k_score, muse_auc, privleak
 from harness.scoring.probability import (
     mean_token_probability,
@@ -207,7 +207,7 @@ class Synthetic(Benchmark):
                     "rouge_l_recall": rouge_l_recall(gen, q.answer),
                     "probability": mean_token_probability(ans.logprobs),
                     "truth_ratio": truth_ratio(lp[f"para_{split}"][i].logprobs, perturbed),
-                    "extraction_strength": extraction_strength(ans.greedy_match),
+                    "extraction_strength": extraction_strength(without_eos_prediction(ans.greedy_match)),
                 })
             per[f"qa_{split}"] = rows
             if not rows:

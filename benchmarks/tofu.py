@@ -92,7 +92,7 @@ from harness.engines.plan import EvalPlan, PlanOutputs
 from harness.leaderboard.columns import Column
 from harness.registry import register_benchmark
 from harness.scoring.aggregate import forget_quality, model_utility
-from harness.scoring.memorization import exact_memorization, extraction_strength
+from harness.scoring.memorization import exact_memorization, extraction_strength, without_eos_prediction
 from harness.scoring.probability import (
     mean_token_probability,
     normalised_answer_probability,
@@ -398,9 +398,10 @@ class Tofu(Benchmark):
                 base = lp[f"para_{name}"][i].logprobs if name in ("forget", "retain") else answer.logprobs
                 row = item_scores(name, answers[i], q.answer, answer.logprobs, base, perturbed)
                 row = {"id": q.id, "question": q.question, **row}
-                if name == "forget":
-                    row["extraction_strength"] = extraction_strength(answer.greedy_match)
-                    row["exact_memorization"] = exact_memorization(answer.greedy_match)
+                if name == "forget":  # EOS scored for Prob, not read by EM/ES (OpenUnlearning)
+                    matches = without_eos_prediction(answer.greedy_match)
+                    row["extraction_strength"] = extraction_strength(matches)
+                    row["exact_memorization"] = exact_memorization(matches)
                 rows.append(row)
             scores.per_sample[name] = rows
             add_set_aggregates(scores.aggregates, name, rows)

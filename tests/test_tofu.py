@@ -267,7 +267,8 @@ def test_scores_match_hand_computed_values(fake_tofu):
         "prob_r": 0.5, "rouge_r": 0.5, "truth_ratio_r": (0.5 + 0.0) / 2,
         "prob_ra": (0.4 + 0.25) / 2, "rouge_ra": 0.75, "truth_ratio_ra": (0.5 + 0.0) / 2,
         "prob_wf": 4 / 7, "rouge_wf": 1.0, "truth_ratio_wf": 0.75,
-        "es_f": (0.75 + 0.5) / 2, "em_f": 0.75,
+        # EM/ES read the three answer positions, not the fourth (the EOS prediction): ES 2/3 and 1/3.
+        "es_f": (2 / 3 + 1 / 3) / 2, "em_f": 2 / 3,
     }
     for key, value in expected.items():
         assert agg[key] == pytest.approx(value, abs=1e-12), key

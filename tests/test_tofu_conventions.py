@@ -134,3 +134,56 @@ def test_prepared_models_are_keyed_and_trained_in_the_resolved_format(tiny, fake
     assert prepared_key("m", bench, TrainConfig(), 0) != plain   # a model fine-tuned in phi format is not reused
     example = bench.forget_train()[0]
     assert example.prompt == ChatPrompt("Who is Ann Bo?") and example.answer == "Ann Bo is a poet."
+
+
+def memorised_on_answers(model, tok, steps: int):
+    """The tiny model after a few steps of plain next-token training on the forget answers, EOS
+    left out, so that it predicts many answer tokens and rarely the EOS after them."""
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    texts = [tok(f"Question: {q['question']}\nAnswer: {q['answer']}", add_special_tokens=True)["input_ids"] for q in FORGET]
+    model.train()
+    for _ in range(steps):
+        for ids in texts:
+            ids = torch.tensor([ids])
+            opt.zero_grad()
+            model(input_ids=ids, labels=ids).loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def hand_matches(model, tok, prompt: str, answer: str) -> list[bool]:
+    """Per scored position (answer tokens, then EOS): argmax of the logits == the token."""
+    head = tok(prompt, add_special_tokens=True)["input_ids"]
+    tail = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([head + tail])).logits[0]
+    return [logits[len(head) + j - 1].argmax().item() == t for j, t in enumerate(tail)]
+
+
+def hand_es(matches: list[bool]) -> float:
+    """1 - k/L, k the first position from which every prediction matches (L when the last misses)."""
+    length = len(matches)
+    k = next((i for i in range(length) if all(matches[i:])), length)
+    return 1 - k / length
+
+
+def test_em_and_es_leave_out_the_eos_prediction_that_prob_counts(tiny, fake_tofu):  # noqa: F811
+    model, tok = tiny
+    model = memorised_on_answers(model, tok, steps=60)
+    bench = Tofu(TofuConfig(prompt_format="phi"), fake_tofu)
+    scores = bench.score(run_plan(FixedGenerations(HFEngine(model, tok), lambda r: "x"), bench.eval_plan()), None)
+    differs = False
+    for item, row in zip(FORGET, scores.per_sample["forget"]):
+        prompt, answer = f"Question: {item['question']}\nAnswer:", " " + item["answer"]
+        matches = hand_matches(model, tok, prompt, answer)
+        answer_only = matches[:-1]   # the EOS prediction left out (OpenUnlearning's [:-1])
+        assert row["exact_memorization"] == pytest.approx(sum(answer_only) / len(answer_only), abs=1e-12)
+        assert row["extraction_strength"] == pytest.approx(hand_es(answer_only), abs=1e-12)
+        # Prob still counts the EOS position.
+        assert row["probability"] == pytest.approx(hand_mean_prob(model, tok, prompt, answer), rel=1e-5)
+        differs |= (sum(matches) / len(matches), hand_es(matches)) != (sum(answer_only) / len(answer_only),
+                                                                       hand_es(answer_only))
+    # The setup can tell the two apart: counting the EOS prediction would give other values.
+    assert differs
+    assert 0 < scores.aggregates["em_f"] < 1 or scores.aggregates["es_f"] > 0

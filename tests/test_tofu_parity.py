@@ -9,7 +9,10 @@ one unbatched greedy generation per question; it uses no harness scoring or engi
 - Prob: p̄(a) on forget/retain; p̄(a) / (p̄(a) + Σ p̄(pert)) on real authors / world facts;
 - truth ratio: geometric mean of p̄(pert) / p̄(paraphrase) (real authors / world facts: / p̄(a));
 - ROUGE-L recall (rouge_score, stemmer on) of the greedy answer: no stop strings, special
-  tokens skipped, whitespace stripped.
+  tokens skipped, whitespace stripped;
+- forget EM and ES from the argmax at each scored position less the last (the EOS prediction,
+  left out as OpenUnlearning's ``tokenwise_vocab_logprobs`` does); ES 0 when the last answer
+  token is not predicted.
 
 It compares per item with a record of the "done when" command of issue 11::
 
@@ -86,6 +89,13 @@ class Reference:
         return math.exp(-nll.item())
 
     @torch.no_grad()
+    def greedy_hits(self, question: str, answer: str) -> list[bool]:
+        """Argmax == token at each scored position, the last (EOS) prediction left out."""
+        ids, n = self.sequence(question, answer)
+        predicted = self.model(input_ids=torch.tensor([ids])).logits[0, n - 1 : -1].argmax(-1).tolist()
+        return [p == t for p, t in zip(predicted, ids[n:])][:-1]
+
+    @torch.no_grad()
     def answer(self, question: str) -> str:
         ids = torch.tensor([self.prompt(question)])
         out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=BUDGET,
@@ -103,9 +113,14 @@ def reference_rows(ref: Reference, name: str, item: dict) -> dict:
     base = ref.mean_prob(q, item["paraphrased_answer"]) if name in ("forget", "retain") else p_answer
     prob = p_answer if name in ("forget", "retain") else p_answer / (p_answer + sum(pert))
     generation = ref.answer(q)
+    memorised = {}
+    if name == "forget":
+        hits = ref.greedy_hits(q, item["answer"])
+        suffix = len(hits) - next((k for k in range(len(hits)) if all(hits[k:])), len(hits))
+        memorised = {"exact_memorization": sum(hits) / len(hits), "extraction_strength": suffix / len(hits)}
     rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True).score(item["answer"], generation)["rougeL"].recall
     return {"probability": prob, "truth_ratio": math.prod(pert) ** (1 / len(pert)) / base,
-            "rouge_l_recall": rouge, "generation": generation}
+            "rouge_l_recall": rouge, "generation": generation, **memorised}
 
 
 def the_record(tmp_path: Path) -> dict:
@@ -136,7 +151,8 @@ def test_smollm2_tofu_agrees_with_the_reference_per_item(tmp_path):
         for item, row in zip(items, rows):
             assert row["question"] == item["question"]
             expected = reference_rows(ref, name, item)
-            for key in ("probability", "truth_ratio", "rouge_l_recall"):
+            keys = ("probability", "truth_ratio", "rouge_l_recall")
+            for key in keys + (("exact_memorization", "extraction_strength") if name == "forget" else ()):
                 diff = abs(row[key] - expected[key])
                 worst[(name, key)] = max(worst.get((name, key), 0.0), diff)
                 assert diff <= TOLERANCE, (name, item["question"], key, row[key], expected[key], row["generation"],

@@ -29,8 +29,9 @@ from harness.runtime.models import fingerprint
 
 # History: 1 = answers scored without EOS, plain prompts only; 2 = request-level EOS
 # (LogprobRequest.add_eos), chat-template prompts, decoding with clean_up_spaces, full-context
-# texts.
-SCORING_CONVENTION = 2
+# texts; 3 = TOFU's and synthetic's EM/ES read the answer without the EOS prediction (the
+# engine's outputs are unchanged; bumped so that nothing computed before the change is reused).
+SCORING_CONVENTION = 3
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS outputs (
     model TEXT NOT NULL, request TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (model, request))"""

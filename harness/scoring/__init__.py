@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from harness.scoring import aggregate, memorization, privacy, probability, text
 from harness.scoring.aggregate import forget_quality, mean_or_error, model_utility
-from harness.scoring.memorization import exact_memorization, extraction_strength
+from harness.scoring.memorization import exact_memorization, extraction_strength, without_eos_prediction
 from harness.scoring.privacy import (
     MUSE_BOOKS_RETRAIN_AUC,
     MUSE_NEWS_RETRAIN_AUC,
@@ -37,6 +37,7 @@ __all__ = [
     "MUSE_NEWS_RETRAIN_AUC",
     "exact_memorization",
     "extraction_strength",
+    "without_eos_prediction",
     "forget_quality",
     "loss_score",
     "mean_or_error",

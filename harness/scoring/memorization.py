@@ -11,6 +11,16 @@ import numpy as np
 from harness.scoring.catalogue import metric
 
 
+def without_eos_prediction(greedy_match: Sequence[bool]) -> list[bool]:
+    """The positions EM and ES read on an answer scored with EOS appended (``LogprobRequest.add_eos``).
+
+    OpenUnlearning scores Prob and the truth ratio with the EOS token but reads EM and ES from
+    the labelled positions less the last one (``tokenwise_vocab_logprobs``: "ignore eos
+    prediction"), so the EOS prediction counts in neither; TOFU answers and synthetic's QA follow it.
+    """
+    return list(greedy_match)[:-1]
+
+
 def _as_bool(greedy_match: Sequence[bool]) -> np.ndarray:
     arr = np.asarray(greedy_match, dtype=bool).ravel()
     if arr.size == 0:
