@@ -72,6 +72,20 @@ def test_clean_up_spaces_is_a_decoding_setting(tiny):
     assert clean == tok.clean_up_tokenization(raw)
 
 
+def test_clean_up_decoding_is_muses_on_fixed_ids(tiny):
+    """transformers 5.x ignores clean_up_tokenization_spaces for this BPE tokenizer; the shared
+    decoding must still give what transformers 4.x gave MUSE (expected text written by hand)."""
+    model, tok = tiny
+    engine = HFEngine(model, tok)
+    ids = tok("a , b . c ? d ! I ' m, I 'm , do n't , it 's , we 've , they 're", add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == "a , b . c ? d ! I ' m, I 'm , do n't , it 's , we 've , they 're"
+    assert engine.decode(ids, GenerationRequest("", 1)) == tok.decode(ids)
+    assert engine.decode(ids, GenerationRequest("", 1, clean_up_spaces=True)) == (
+        "a, b. c? d! I'm, I'm, don't, it's, we've, they're")
+    # the stop cut comes after the clean-up
+    assert engine.decode(ids, GenerationRequest("", 1, ("c?",), clean_up_spaces=True)) == "a, b. "
+
+
 def test_plan_runs_each_unique_request_once(tiny):
     model, tok = tiny
     engine = HFEngine(model, tok)

@@ -29,8 +29,8 @@ from harness.runtime.models import fingerprint
 
 # History: 1 = answers scored without EOS, plain prompts only; 2 = request-level EOS
 # (LogprobRequest.add_eos), chat-template prompts, decoding with clean_up_spaces, full-context
-# texts.
-SCORING_CONVENTION = 2
+# texts; 3 = clean_up_spaces done by harness.data.cleanup (transformers 5.x ignored the flag).
+SCORING_CONVENTION = 3
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS outputs (
     model TEXT NOT NULL, request TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (model, request))"""
