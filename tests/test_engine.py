@@ -45,6 +45,10 @@ def test_logprobs_match_direct_computation(tiny):
     assert scores[0].greedy_match == [rows[j].argmax().item() == t for j, t in enumerate(a)]
     mu = (rows.exp() * rows).sum(-1)
     assert max(abs(x - y) for x, y in zip(scores[0].mu, mu.tolist())) < 1e-4
+    # sigma is the standard deviation of log p (not its variance): sqrt(E[(log p - mu)^2])
+    sigma = (rows.exp() * (rows - mu.unsqueeze(-1)).square()).sum(-1).sqrt()
+    assert (sigma - sigma.square()).abs().min().item() > 0.1   # a variance would not pass for it
+    assert max(abs(x - y) for x, y in zip(scores[0].sigma, sigma.tolist())) < 1e-3
     # An empty prompt is conditioned on BOS, so every text token is scored.
     assert len(scores[1].logprobs) == len(tok(other.continuation, add_special_tokens=False)["input_ids"])
 
