@@ -144,6 +144,8 @@ def test_a_request_differing_in_one_setting_is_not_served_the_stored_answer(tmp_
     run = (lambda e, r: e.generate(r)) if isinstance(variant, GenerationRequest) else (lambda e, r: e.logprobs(r))
     stored = run(CachedEngine(Echo(), cache, "m"), [base])
     engine = Echo()
-    out = run(CachedEngine(engine, cache, "m"), [variant, base])
+    assert run(CachedEngine(engine, cache, "m"), [variant]) == run(Echo(), [variant])   # asked alone
     assert engine.asked == [variant]
-    assert out == run(Echo(), [variant]) + stored
+    again = Echo()
+    assert run(CachedEngine(again, cache, "m"), [base, variant]) == stored + run(Echo(), [variant])
+    assert again.asked == []   # both stored now, each under its own key
