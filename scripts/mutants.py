@@ -57,8 +57,10 @@ MUTANTS = [
            "return kind + json.dumps(dataclasses.asdict(request), sort_keys=True)",
            "return kind + json.dumps([str(request.prompt), getattr(request, 'continuation', '')])",
            ("tests/test_evalcache.py",)),
-    Mutant("cache-key-without-kind", "harness/engines/cache.py",
-           "return kind + json.dumps(", "return json.dumps(", ("tests/test_evalcache.py",)),
+    Mutant("cache-key-ignores-add-eos", "harness/engines/cache.py",
+           "json.dumps(dataclasses.asdict(request), sort_keys=True)",
+           "json.dumps({k: v for k, v in dataclasses.asdict(request).items() if k != 'add_eos'}, sort_keys=True)",
+           ("tests/test_evalcache.py",)),
     # decoding (MUSE clean-up)
     Mutant("cleanup-keeps-space-before-comma", "harness/data/cleanup.py", '(" ,", ","), ', "", ("tests/test_engine.py",)),
     Mutant("cleanup-ignored", "harness/engines/base.py",
