@@ -30,9 +30,10 @@ def test_run_writes_a_record_per_cell_and_the_leaderboard(finished_run):
     record = json.loads(next(results.glob("synthetic/tiny-random/ga/*.json")).read_text())
     assert record["status"] == "ok" and record["kind"] == "method" and record["seed"] == 0
     assert record["config"]["train"]["epochs"] == 1
-    assert record["training"]["steps"] >= 1 and len(record["training"]["losses"]) == record["training"]["steps"]
+    # 6 forget texts (3 QA, 3 biographies), global batch 32, one epoch: one step
+    assert record["training"]["steps"] == 1 and len(record["training"]["losses"]) == 1
     assert {"verbmem_f", "rouge_f", "prob_f", "forget_quality", "privleak", "rouge_r", "model_utility"} <= set(record["aggregates"])
-    assert record["per_sample"]["qa_forget"][0]["generation"] is not None
+    assert [type(r["generation"]) for r in record["per_sample"]["qa_forget"]] == [str] * 3
     assert record["versions"]["torch"]
     board = (results / "LEADERBOARD.md").read_text()
     assert "[Target](synthetic/tiny-random/target/" in board and "[GA](synthetic/tiny-random/ga/" in board

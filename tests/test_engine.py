@@ -45,6 +45,10 @@ def test_logprobs_match_direct_computation(tiny):
     assert scores[0].greedy_match == [rows[j].argmax().item() == t for j, t in enumerate(a)]
     mu = (rows.exp() * rows).sum(-1)
     assert max(abs(x - y) for x, y in zip(scores[0].mu, mu.tolist())) < 1e-4
+    # sigma is the standard deviation of log p (not its variance): sqrt(E[(log p - mu)^2])
+    sigma = (rows.exp() * (rows - mu.unsqueeze(-1)).square()).sum(-1).sqrt()
+    assert (sigma - sigma.square()).abs().min().item() > 0.1   # a variance would not pass for it
+    assert max(abs(x - y) for x, y in zip(scores[0].sigma, sigma.tolist())) < 1e-3
     # An empty prompt is conditioned on BOS, so every text token is scored.
     assert len(scores[1].logprobs) == len(tok(other.continuation, add_special_tokens=False)["input_ids"])
 
@@ -70,6 +74,20 @@ def test_clean_up_spaces_is_a_decoding_setting(tiny):
     engine = HFEngine(model, tok)
     raw, clean = engine.generate([GenerationRequest(PROMPTS[0], 12), GenerationRequest(PROMPTS[0], 12, clean_up_spaces=True)])
     assert clean == tok.clean_up_tokenization(raw)
+
+
+def test_clean_up_decoding_is_muses_on_fixed_ids(tiny):
+    """transformers 5.x ignores clean_up_tokenization_spaces for this BPE tokenizer; the shared
+    decoding must still give what transformers 4.x gave MUSE (expected text written by hand)."""
+    model, tok = tiny
+    engine = HFEngine(model, tok)
+    ids = tok("a , b . c ? d ! I ' m, I 'm , do n't , it 's , we 've , they 're", add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == "a , b . c ? d ! I ' m, I 'm , do n't , it 's , we 've , they 're"
+    assert engine.decode(ids, GenerationRequest("", 1)) == tok.decode(ids)
+    assert engine.decode(ids, GenerationRequest("", 1, clean_up_spaces=True)) == (
+        "a, b. c? d! I'm, I'm, don't, it's, we've, they're")
+    # the stop cut comes after the clean-up
+    assert engine.decode(ids, GenerationRequest("", 1, ("c?",), clean_up_spaces=True)) == "a, b. "
 
 
 def test_plan_runs_each_unique_request_once(tiny):

@@ -111,3 +111,41 @@ def test_a_changed_scoring_convention_misses_the_cache(tiny, tmp_path):
     again = Counting(HFEngine(model, tok))
     CachedEngine(again, cache, new_key).logprobs(REQUESTS)
     assert again.asked == []
+
+
+class Echo:
+    """An engine whose answer names the whole request, so a stale answer is visible."""
+
+    def __init__(self):
+        self.asked = []
+
+    def generate(self, requests, progress=None):
+        self.asked += requests
+        return [repr(r) for r in requests]
+
+    def logprobs(self, requests, progress=None):
+        self.asked += requests
+        return [TokenScores([-float(len(repr(r)))], [r.add_eos], [float(r.full_context)], [1.0]) for r in requests]
+
+
+GEN_VARIANTS = [GenerationRequest("Q:", 8, ("\n",), clean_up_spaces=True), GenerationRequest("Q:", 9, ("\n",)),
+                GenerationRequest("Q:", 8, ("\n\n",)), GenerationRequest("Q:", 8, ()), GenerationRequest("Q!", 8, ("\n",))]
+LOGPROB_VARIANTS = [LogprobRequest("Q:", " a", add_eos=True), LogprobRequest("Q:", " a", full_context=True),
+                    LogprobRequest("Q:", " a", needs_distribution=True), LogprobRequest("Q:", " b"),
+                    LogprobRequest("Q!", " a")]
+
+
+@pytest.mark.parametrize("variant", GEN_VARIANTS + LOGPROB_VARIANTS, ids=repr)
+def test_a_request_differing_in_one_setting_is_not_served_the_stored_answer(tmp_path, variant):
+    """Each variant differs from the stored request in one field only (EOS, full context, stop,
+    budget, clean-up, distribution, text): it must be computed, and get its own answer."""
+    base = GenerationRequest("Q:", 8, ("\n",)) if isinstance(variant, GenerationRequest) else LogprobRequest("Q:", " a")
+    cache = EvalCache(tmp_path / "evals.sqlite")
+    run = (lambda e, r: e.generate(r)) if isinstance(variant, GenerationRequest) else (lambda e, r: e.logprobs(r))
+    stored = run(CachedEngine(Echo(), cache, "m"), [base])
+    engine = Echo()
+    assert run(CachedEngine(engine, cache, "m"), [variant]) == run(Echo(), [variant])   # asked alone
+    assert engine.asked == [variant]
+    again = Echo()
+    assert run(CachedEngine(again, cache, "m"), [base, variant]) == stored + run(Echo(), [variant])
+    assert again.asked == []   # both stored now, each under its own key

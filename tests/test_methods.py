@@ -70,3 +70,38 @@ def test_kl_retain_is_zero_for_identical_model_and_positive_after_change(tiny):
 def test_graddiff_kl_variant_asks_for_a_reference_model():
     assert "reference_model" in GradDiff(GradDiffConfig(retain_loss="kl")).needs_of()
     assert "reference_model" not in GradDiff(GradDiffConfig()).needs_of()
+
+
+def hand_kl(model, reference, tok, examples):
+    """KL(pi_ref || pi_theta) = sum_v p_ref(v) (log p_ref(v) - log p_theta(v)) at each answer
+    position (EOS included), log-softmax written out by hand, averaged over answer tokens."""
+    def log_softmax(row):
+        row = row.double()
+        return row - row.max() - torch.log(torch.exp(row - row.max()).sum())
+
+    total, count = 0.0, 0
+    for ex in examples:
+        p = tok(ex.prompt)["input_ids"]
+        a = tok(ex.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ids = torch.tensor([p + a])
+        with torch.no_grad():
+            theta, ref = model(input_ids=ids).logits[0], reference(input_ids=ids).logits[0]
+        for j in range(len(a)):
+            lq, lp = log_softmax(theta[len(p) + j - 1]), log_softmax(ref[len(p) + j - 1])
+            total += (lp.exp() * (lp - lq)).sum().item()
+            count += 1
+    return total / count
+
+
+def test_answer_kl_matches_hand_computation_in_direction_and_scale(tiny):
+    """KL(ref || theta) per answer token: the reverse direction or a sum instead of a mean fails."""
+    model, tok = tiny
+    reference = copy.deepcopy(model)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.lm_head.weight.add_(0.5 * torch.randn_like(model.lm_head.weight))
+    batch = make_batch(tok, RETAIN)
+    expected = hand_kl(model, reference, tok, RETAIN)
+    reverse = hand_kl(reference, model, tok, RETAIN)
+    assert abs(expected - reverse) > 1e-3 * expected   # the two directions differ on this model
+    assert abs(answer_kl(model, reference, batch).item() - expected) < 1e-5 * max(1.0, expected)

@@ -1,4 +1,5 @@
 """The built wheel holds everything under the one `harness` namespace and works without the checkout."""
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -7,8 +8,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
+def source_copy(dest: Path) -> Path:
+    """What the wheel is built from, copied: setuptools writes build/ and *.egg-info next to
+    pyproject.toml, and the test must leave the checkout as it found it."""
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    for name in ("harness", "methods", "benchmarks", "leaderboard"):
+        shutil.copytree(REPO / name, dest / name, ignore=skip)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, dest / name)
+    return dest
+
+
 def test_wheel_installs_and_imports_outside_the_checkout(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+    src = source_copy(tmp_path / "src")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(src)],
                    check=True, capture_output=True)
     wheel = next(tmp_path.glob("unlearning_harness-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()

@@ -256,3 +256,9 @@ def test_scoring_exports_are_consistent():
     for name, fn in public.items():
         assert getattr(sc, name) is fn
         assert fn.__doc__ and fn.__doc__.strip(), f"{name} has no docstring"
+
+
+def test_tofu_rouge_uses_the_porter_stemmer_by_default():
+    # "running"/"runs" stem to "run": recall 1 with the stemmer (TOFU's setting), 0 without it
+    assert sc.rouge_l_recall("running", "runs") == 1.0
+    assert sc.rouge_l_recall("running", "runs", use_stemmer=False) == 0.0

@@ -222,6 +222,7 @@ def test_run_with_per_epoch_evaluation_and_selection(tmp_path):
     assert chosen["rule"] == "utility_below_retain" and chosen["epoch"] in (1, 2) and chosen["reason"]
     assert record["aggregates"] == record["epochs"][chosen["epoch"] - 1]["aggregates"]
     losses = record["training"]["losses"]
+    assert len(losses) == 2 * 2   # 6 forget texts in global batches of 4: two steps per epoch
     assert [e["loss"] for e in record["epochs"]] == [losses[len(losses) // 2 - 1], losses[-1]]
     assert record["timings"]["per_epoch_eval_s"] > 0 and "eval.select=utility_below_retain" in record["settings"]
     assert record["config"]["eval"]["per_epoch"] is True

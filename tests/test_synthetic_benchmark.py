@@ -84,3 +84,25 @@ def test_training_examples_mask_prompts_and_carry_alternatives():
 def test_bad_benchmark_setting_is_a_clear_error():
     with pytest.raises(HarnessError, match="benchmark 'synthetic'"):
         Synthetic(SyntheticConfig(qa_per_person=99))
+
+
+FIRST_HALF = ("Veskmir Isterenvik came into the world on 27 May 1992 in Nyrhald, a mountain hamlet in Galdulavel. "
+              "He trained as a cheese chemist and spent most of his career at the Eskanavel Trust.")
+SECOND_HALF = ("His best-known work is a monograph titled The Xanemora Looms, which earned him the Nyrelbek "
+               "Lantern Medal. In his spare time he likes fermenting plum wine, usually with his corn snake, Fom, close by.")
+
+
+def test_biography_is_prompted_with_its_first_half_and_scored_on_the_second():
+    """The 67-word biography split at word 33, written out by hand (not by the adapter's splitter)."""
+    bench = Synthetic(limit=1)
+    assert bench.forget_bio[0].text == FIRST_HALF + " " + SECOND_HALF
+    assert bench.eval_plan().generations["bio_forget"][0].prompt == FIRST_HALF
+    outputs = fabricate(bench, memorised=False)
+    outputs.generations["bio_forget"] = [SECOND_HALF]
+    scores = bench.score(outputs, None)
+    assert scores.per_sample["verbmem_forget"][0]["reference"] == SECOND_HALF
+    assert scores.aggregates["verbmem_f"] == pytest.approx(100.0)
+    outputs.generations["bio_forget"] = ["His best-known work is a monograph titled The Xanemora Looms"]
+    # ROUGE-L F1 of a prefix: rouge_score splits "best-known", so 11 of the truth's 35 tokens, in
+    # order: P = 1, R = 11/35, F1 = 2 * 11 / (11 + 35)
+    assert bench.score(outputs, None).aggregates["verbmem_f"] == pytest.approx(100 * 22 / 46)

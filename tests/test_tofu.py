@@ -340,7 +340,8 @@ def test_scores_from_a_fabricated_log_and_log_errors(tmp_path):
     assert agg["truth_ratio_f"] == pytest.approx(0.5) and agg["forget_quality"] == pytest.approx(1.0)
     assert agg["prob_r"] == pytest.approx(math.exp(-1.0)) and agg["rouge_r"] == 1.0
     assert agg["prob_ra"] == pytest.approx(math.exp(-1) / (math.exp(-1) + 3 * 0.5 * math.exp(-1)))
-    assert "model_utility" in agg
+    # harmonic mean of the nine retain-side values above: 1/1 x3 (ROUGE), e, 2.5, 2.5 (Prob), 2 x3 (truth ratio)
+    assert agg["model_utility"] == pytest.approx(9 / (3 + math.e + 2.5 + 2.5 + 3 * 2))
     log.write_text('{\n "eval_log.json": {\n  oops\n}')
     with pytest.raises(HarnessError, match=r"log\.json at line 3"):
         read_eval_log(log)

@@ -110,3 +110,84 @@ def test_retain_needing_method_without_retain_data_is_a_clear_error(tiny):
 def test_bad_schedule_name_is_rejected():
     with pytest.raises(HarnessError, match="train.schedule must be 'linear' or 'constant'"):
         TrainConfig(schedule="cosine")
+
+
+class Spy:
+    """Wraps AdamW.step: records the gradient norm and learning rate each optimiser step sees."""
+
+    def __init__(self, monkeypatch):
+        self.grad_norms, self.lrs = [], []
+        original = torch.optim.AdamW.step
+
+        def step(opt, *args, **kwargs):
+            grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            self.grad_norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+            self.lrs.append(opt.param_groups[0]["lr"])
+            return original(opt, *args, **kwargs)
+
+        monkeypatch.setattr(torch.optim.AdamW, "step", step)
+
+
+def test_gradients_are_clipped_to_max_grad_norm(tiny, monkeypatch):
+    model, tok = tiny
+    spy = Spy(monkeypatch)
+    cfg = TrainConfig(lr=1e-3, epochs=2, global_batch=2, micro_batch=2, max_grad_norm=0.01)
+    train(model, tok, GradientAscent(), FACTS, None, cfg, seed=0)
+    assert len(spy.grad_norms) == 4 and max(spy.grad_norms) <= 0.01 * (1 + 1e-4)
+    unclipped = Spy(monkeypatch)
+    train(copy.deepcopy(tiny[0]), tok, GradientAscent(), FACTS, None,
+          TrainConfig(lr=1e-3, epochs=2, global_batch=2, micro_batch=2, max_grad_norm=0.0), seed=0)
+    assert min(unclipped.grad_norms) > 0.1   # so the bound above really cut them
+
+
+def test_learning_rate_warms_up_then_decays_step_by_step(tiny, monkeypatch):
+    """warmup_ratio 0.5 of 4 steps = 2 warm-up steps: lr/2, lr, then linear decay lr, lr/2."""
+    model, tok = tiny
+    spy = Spy(monkeypatch)
+    cfg = TrainConfig(lr=1e-3, epochs=2, global_batch=2, micro_batch=2, warmup_ratio=0.5)
+    train(model, tok, GradientAscent(), FACTS, None, cfg, seed=0)
+    assert spy.lrs == pytest.approx([5e-4, 1e-3, 1e-3, 5e-4])
+    constant = Spy(monkeypatch)
+    train(model, tok, GradientAscent(), FACTS, None, TrainConfig(lr=1e-3, epochs=2, global_batch=2, micro_batch=2,
+                                                                 schedule="constant"), seed=0)
+    assert constant.lrs == pytest.approx([1e-3] * 4)
+
+
+class Recording(GradientAscent):
+    """GA that records which forget items each micro-batch held."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def loss(self, model, batch, ctx):
+        self.seen.append((ctx.epoch, sorted(batch.forget_index.tolist())))
+        return super().loss(model, batch, ctx)
+
+
+LENGTHS = [5, 40, 6, 41, 7, 42, 8, 43]
+
+
+@pytest.mark.parametrize("group", [True, False])
+def test_every_epoch_sees_every_item_once_in_a_seeded_shuffle(group):
+    from harness.training.loop import epoch_order
+
+    orders = [epoch_order(LENGTHS, 2, torch.Generator().manual_seed(s), group) for s in range(6)]
+    assert all(sorted(o) == list(range(8)) for o in orders)
+    assert len({tuple(o) for o in orders}) > 1                  # the seed changes the order
+    assert epoch_order(LENGTHS, 2, torch.Generator().manual_seed(3), group) == orders[3]   # and fixes it
+    if group:   # each batch of 2 holds neighbours in length order: {5,6} {7,8} {40,41} {42,43}
+        pairs = {frozenset(o[i : i + 2]) for o in orders for i in (0, 2, 4, 6)}
+        assert pairs == {frozenset({0, 2}), frozenset({4, 6}), frozenset({1, 3}), frozenset({5, 7})}
+        assert any(LENGTHS[o[0]] > 10 for o in orders)        # batches come in random order, not sorted
+    else:
+        assert orders[0] != sorted(orders[0])
+
+
+def test_the_loop_shows_each_item_once_per_epoch(tiny):
+    model, tok = tiny
+    method = Recording()
+    train(model, tok, method, FACTS, None, TrainConfig(lr=1e-4, epochs=3, global_batch=2, micro_batch=1), seed=0)
+    for epoch in range(3):
+        items = sorted(i for e, idx in method.seen if e == epoch for i in idx)
+        assert items == [0, 1, 2, 3]

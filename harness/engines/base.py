@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from harness.data.batching import encode, prompt_ids
 from harness.data.chat import ChatPrompt
+from harness.data.cleanup import clean_up_tokenization_spaces
 from harness.scoring.text import truncate_at_stop
 
 
@@ -27,8 +28,9 @@ from harness.scoring.text import truncate_at_stop
 class GenerationRequest:
     """Greedy generation; a ``ChatPrompt`` is rendered by the tokenizer's chat template.
 
-    ``clean_up_spaces`` decodes with ``clean_up_tokenization_spaces=True`` (MUSE's decoding);
-    special tokens are always skipped.
+    ``clean_up_spaces`` applies transformers 4.x's ``clean_up_tokenization`` to the decoded text
+    (MUSE's ``clean_up_tokenization_spaces=True``; ``harness.data.cleanup``, since transformers
+    5.x ignores the flag for BPE tokenizers); special tokens are always skipped.
     """
 
     prompt: str | ChatPrompt
@@ -107,7 +109,9 @@ class TokenizedEngine(Engine):
         eos = self.tokenizer.eos_token_id
         if eos in ids:
             ids = ids[: ids.index(eos)]
-        text = self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=request.clean_up_spaces)
+        text = self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        if request.clean_up_spaces:
+            text = clean_up_tokenization_spaces(text)
         return truncate_at_stop(text, request.stop) if request.stop else text
 
     def model_context(self) -> int | None:

@@ -29,8 +29,8 @@ from harness.runtime.models import fingerprint
 
 # History: 1 = answers scored without EOS, plain prompts only; 2 = request-level EOS
 # (LogprobRequest.add_eos), chat-template prompts, decoding with clean_up_spaces, full-context
-# texts; 3 = TOFU's and synthetic's EM/ES read the answer without the EOS prediction (the
-# engine's outputs are unchanged; bumped so that nothing computed before the change is reused).
+# texts; 3 = TOFU's and synthetic's EM/ES read the answer without the EOS prediction, and
+# clean_up_spaces is done by harness.data.cleanup (transformers 5.x ignored the flag for BPE).
 SCORING_CONVENTION = 3
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS outputs (
