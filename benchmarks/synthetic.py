@@ -195,6 +195,7 @@ class Synthetic(Benchmark):
             rows.append({"id": b.id, "prompt": prompt, "reference": truth.strip(), "generation": gen,
                          "rouge_l_f1": rouge_l_f1(gen, truth.strip())})
         per["verbmem_forget"] = rows
+        scores.warnings += degenerate_generations("verbmem_forget", [r["generation"] for r in rows])
         if rows:
             agg["verbmem_f"] = 100 * fmean(r["rouge_l_f1"] for r in rows)
 

@@ -154,3 +154,17 @@ def within_target(row_values: Mapping[str, float | None], target: Mapping[str, C
         if cell.interval.lo <= value <= cell.interval.hi:
             inside.append(c.key)
     return inside if checked and len(inside) == checked else []
+
+
+def record_intervals(columns: Sequence[Column], per_sample: Mapping[str, Any], aggregates: Mapping[str, Any]) -> dict:
+    """``{column: {lo, hi, n, resamples, seed, ...}}`` for one evaluation, as stored in its record.
+
+    Columns without a per-item statistic, or without the items, are left out (the table says why)."""
+    record = {"per_sample": per_sample, "aggregates": aggregates}
+    out = {}
+    for c in columns:
+        if c.key in aggregates:
+            cell = cell_interval([record], c)
+            if cell.interval is not None:
+                out[c.key] = cell.interval.as_record()
+    return out

@@ -234,6 +234,10 @@ def _note_texts(row: _Row) -> list[str]:
         stand_in = (record.get("data") or {}).get("stand_in")
         if stand_in:
             notes.append(f"stand-in data: {' '.join(str(stand_in).split())}")
+    for record in row.records:  # splits whose generations are all empty or all the same (benchmarks/base.py)
+        for warning in record.get("warnings") or []:
+            if " generations " in str(warning):
+                notes.append(" ".join(str(warning).split()))
     for record in row.records:  # scored with a non-default setting that changes scores
         for deviation in record.get("scoring_deviations") or []:
             notes.append(f"non-default scoring: {' '.join(str(deviation).split())}.")

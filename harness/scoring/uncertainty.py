@@ -249,7 +249,7 @@ class PairedTest:
     difference: float   # statistic(a) - statistic(b), means over seeds
     lo: float
     hi: float
-    p_value: float      # two-sided: twice the smaller tail of the bootstrap differences beyond 0, at most 1
+    p_value: float      # two-sided: twice the smaller tail ((k + 1) / (B + 1)) of the differences beyond 0, at most 1
     resamples: int
     seed: int
 
@@ -273,7 +273,9 @@ def paired_test(statistic: Statistic, a: Sequence[Groups], b: Sequence[Groups], 
     d = _row_draws(statistic, a, indices, rng) - _row_draws(statistic, b, indices, rng)
     observed = float(np.mean([point(statistic, g) for g in a]) - np.mean([point(statistic, g) for g in b]))
     lo, hi = np.quantile(d, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
-    p = min(1.0, 2.0 * min(float((d <= 0).mean()), float((d >= 0).mean())))
+    # (count + 1) / (B + 1): a bootstrap p-value is never 0, its resolution is 1 / (B + 1)
+    tail = min(int((d <= 0).sum()), int((d >= 0).sum()))
+    p = min(1.0, 2.0 * (tail + 1) / (resamples + 1))
     return PairedTest(observed, float(lo), float(hi), p, resamples, seed)
 
 
