@@ -288,6 +288,9 @@ def _add_uncertainty(rows: list[_Row], columns: Sequence[Column], section: Seque
             value.uncertainty = cell_interval(row.records, c)
             if c.key == "forget_quality":
                 value.uncertainty.ks = forget_quality_ks(row.records, section)
+        declared = [c for c in columns if c.interval is not None and row.values[c.key].score is not None]
+        if declared and all(row.values[c.key].uncertainty.interval is None for c in declared):
+            row.notes.append("no intervals: the record holds no per-item scores for its columns.")
     for c in columns:
         best = sorted(_best_rows(rows, c))
         if not best:
