@@ -93,7 +93,7 @@ def cell_interval(records: Sequence[Mapping[str, Any]], column: Column) -> CellU
         return CellUncertainty(why_none="no per-item statistic is declared for this column")
     groups = row_groups(records, column.interval)
     if groups is None:
-        return CellUncertainty(why_none="the record has no per-item scores for it (or fewer than 2 items)")
+        return CellUncertainty(why_none="the records hold no per-item scores for it, or fewer than 2 items")
     try:
         return CellUncertainty(bootstrap_interval(column.interval, groups, RESAMPLES, SEED))
     except ValueError as exc:   # seeds scored on different item counts

@@ -288,9 +288,14 @@ def _add_uncertainty(rows: list[_Row], columns: Sequence[Column], section: Seque
             value.uncertainty = cell_interval(row.records, c)
             if c.key == "forget_quality":
                 value.uncertainty.ks = forget_quality_ks(row.records, section)
+    def lacks(row: _Row) -> bool:
         declared = [c for c in columns if c.interval is not None and row.values[c.key].score is not None]
-        if declared and all(row.values[c.key].uncertainty.interval is None for c in declared):
-            row.notes.append("no intervals: the record holds no per-item scores for its columns.")
+        return bool(declared) and all(row.values[c.key].uncertainty.interval is None for c in declared)
+
+    if any(v.uncertainty.interval is not None for row in rows for v in row.values.values()):  # else the section note says it
+        for row in rows:
+            if lacks(row):
+                row.notes.append("no intervals: the record holds no per-item scores (or fewer than 2 items).")
     for c in columns:
         best = sorted(_best_rows(rows, c))
         if not best:
@@ -319,8 +324,6 @@ def _add_uncertainty(rows: list[_Row], columns: Sequence[Column], section: Seque
                 row.no_op.append("not distinguishable from the target")
                 row.notes.append(f"not distinguishable from the target: every forget-side column with an interval "
                                  f"({labels}) lies inside the target's 95% interval.")
-        if row.no_op:
-            row.label += f" ({'; '.join(row.no_op)})"
 
 
 def _best_rows(rows: Sequence[_Row], column: Column) -> set[int]:
@@ -372,6 +375,7 @@ def _uncertainty_note(rows: Sequence[_Row], columns: Sequence[Column]) -> str:
     none = [c for c in columns if c not in with_interval and any(r.values[c.key].score is not None for r in rows)]
     ks = next((r.values[c.key].uncertainty.ks for c in columns if c.key == "forget_quality" for r in rows
                if r.values[c.key].uncertainty.ks), None)
+    reasons: dict[str, list[str]] = {}
     for c in none:
         if c.key == "forget_quality":
             text = f"{c.label}: no interval (a KS test's p-value, not an estimate)"
@@ -381,7 +385,8 @@ def _uncertainty_note(rows: Sequence[_Row], columns: Sequence[Column]) -> str:
             lines.append(text + ".")
         else:
             why = next((r.values[c.key].uncertainty.why_none for r in rows if r.values[c.key].uncertainty.why_none), "")
-            lines.append(f"{c.label}: no interval ({why}).")
+            reasons.setdefault(why, []).append(c.label)
+    lines += [f"{', '.join(labels)}: no interval ({why})." for why, labels in reasons.items()]
     return "\n".join(f"- {line}" for line in lines)
 
 
@@ -452,6 +457,8 @@ def _render_section(benchmark: str, model: str, records: Sequence[Mapping[str, A
     for i, row in enumerate(rows):
         path = row.records[0].get("path")
         label = f"[{_link_text(row.label)}]({_link_target(path)})" if path else _link_text(row.label)
+        if row.no_op:   # after the link, so the row's name stays the method's
+            label += f" ({'; '.join(row.no_op)})"
         if marks[i]:
             label += ",".join(_superscript(n) for n in marks[i])
         cells = [label]
