@@ -30,15 +30,26 @@ class Scores:
 
 
 def degenerate_generations(name: str, texts: list[str]) -> list[str]:
-    """A warning when more than half of a split's generations are empty after post-processing.
+    """Warnings for a split whose generations say nothing about forgetting: more than half empty after
+    post-processing, or all the same text.
 
     An empty answer is almost always a prompt or stop-string problem (e.g. a model that starts
-    its answer with a newline under a newline stop), not forgetting.
+    its answer with a newline under a newline stop), not forgetting; one answer to every prompt is a
+    collapsed model (or a decoding fault), whose scores measure that answer's overlap with each reference.
     """
     empty = sum(1 for t in texts if not t.strip())
+    if texts and empty == len(texts):
+        return [f"all {len(texts)} '{name}' generations are empty: check the prompt format and stop strings "
+                "before reading these scores as forgetting."]
     if texts and empty * 2 > len(texts):
         return [f"{empty} of {len(texts)} '{name}' generations are empty: check the prompt format and stop strings "
                 "before reading these scores as forgetting."]
+    distinct = {" ".join(t.split()) for t in texts}
+    if len(texts) > 1 and len(distinct) == 1:
+        shown = next(iter(distinct))
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return [f"all {len(texts)} '{name}' generations are the same text ({shown!r}): the model answers every "
+                "prompt alike, so these scores measure that one text against each reference, not forgetting."]
     return []
 
 

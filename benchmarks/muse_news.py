@@ -116,6 +116,7 @@ from harness.scoring.privacy import (
     zlib_score,
 )
 from harness.scoring.text import rouge_l_f1, truncate_at_stop
+from harness.scoring.uncertainty import ItemMean, RelativeToReference, SplitAuc
 
 HUB_ID = "muse-bench/MUSE-News"
 KNOWMEM_STOPS = ("\n\n", "\nQuestion", "Question:")
@@ -221,11 +222,16 @@ class MuseNews(Benchmark):
     description = "MUSE-News (BBC articles): VerbMem, KnowMem forget/retain, PrivLeak, scored as published"
     Config = MuseNewsConfig
     columns = [  # MUSE's published order
-        Column("verbmem_f", "VerbMem f", "down", "verbatim", digits=1),
-        Column("knowmem_f", "KnowMem f", "down", "knowledge", digits=1),
-        Column("knowmem_r", "KnowMem r", "up", "utility", digits=1),
-        Column("privleak", "PrivLeak", "ref", "privacy", target=0.0, digits=1),
-        Column("es_f", "ES f", "down", "verbatim", digits=3),
+        Column("verbmem_f", "VerbMem f", "down", "verbatim", digits=1,
+               interval=ItemMean("verbmem_f", "rouge_l_f1", scale=100.0)),
+        Column("knowmem_f", "KnowMem f", "down", "knowledge", digits=1,
+               interval=ItemMean("knowmem_f", "rouge_l_f1", scale=100.0)),
+        Column("knowmem_r", "KnowMem r", "up", "utility", digits=1,
+               interval=ItemMean("knowmem_r", "rouge_l_f1", scale=100.0)),
+        Column("privleak", "PrivLeak", "ref", "privacy", target=0.0, digits=1,
+               interval=RelativeToReference(SplitAuc("mia", "set", "holdout", "forget", "min_k"), "auc_min_k",
+                                            "privleak", reference_key="privleak_reference_auc")),
+        Column("es_f", "ES f", "down", "verbatim", digits=3, interval=ItemMean("es_f", "extraction_strength")),
     ]
     # Ours, not from a paper: for small models (SmolLM2-135M class) to memorise the forget chunks;
     # MUSE's own target is a Llama-2-7B the authors fine-tuned (muse-bench/MUSE-News_target).

@@ -44,6 +44,7 @@ from harness.scoring.probability import (
     truth_ratio_retain_score,
 )
 from harness.scoring.text import rouge_l_f1, rouge_l_recall
+from harness.scoring.uncertainty import HarmonicMean, ItemMean, RelativeToReference, SplitAuc, truth_ratio_retain_items
 
 QA_STOPS = ("\n", "Question:")
 
@@ -71,15 +72,20 @@ class Synthetic(Benchmark):
     description = "Offline fictitious-people benchmark (generated in code); all four scoring families"
     Config = SyntheticConfig
     columns = [
-        Column("verbmem_f", "VerbMem f", "down", "verbatim", digits=1),
-        Column("rouge_f", "ROUGE f", "down", "knowledge", digits=3),
-        Column("prob_f", "Prob f", "down", "knowledge", digits=3),
-        Column("es_f", "ES f", "down", "knowledge", digits=3),
-        Column("forget_quality", "Forget quality", "up", "knowledge", digits=3, sci_below=0.01),
-        Column("privleak", "PrivLeak", "ref", "privacy", target=0.0, digits=1),
-        Column("rouge_r", "ROUGE r", "up", "utility", digits=3),
-        Column("prob_r", "Prob r", "up", "utility", digits=3),
-        Column("model_utility", "Utility", "up", "utility", digits=3),
+        Column("verbmem_f", "VerbMem f", "down", "verbatim", digits=1,
+               interval=ItemMean("verbmem_forget", "rouge_l_f1", scale=100.0)),
+        Column("rouge_f", "ROUGE f", "down", "knowledge", digits=3, interval=ItemMean("qa_forget", "rouge_l_recall")),
+        Column("prob_f", "Prob f", "down", "knowledge", digits=3, interval=ItemMean("qa_forget", "probability")),
+        Column("es_f", "ES f", "down", "knowledge", digits=3, interval=ItemMean("qa_forget", "extraction_strength")),
+        Column("forget_quality", "Forget quality", "up", "knowledge", digits=3, sci_below=0.01),  # a KS p-value
+        Column("privleak", "PrivLeak", "ref", "privacy", target=0.0, digits=1,
+               interval=RelativeToReference(SplitAuc("mia", "set", "holdout", "forget", "min_k"),
+                                            "auc_min_k", "privleak")),
+        Column("rouge_r", "ROUGE r", "up", "utility", digits=3, interval=ItemMean("qa_retain", "rouge_l_recall")),
+        Column("prob_r", "Prob r", "up", "utility", digits=3, interval=ItemMean("qa_retain", "probability")),
+        Column("model_utility", "Utility", "up", "utility", digits=3, interval=HarmonicMean((
+            ItemMean("qa_retain", "rouge_l_recall"), ItemMean("qa_retain", "probability"),
+            ItemMean("qa_retain", "truth_ratio", transform=truth_ratio_retain_items)))),
     ]
     # Our own settings for this benchmark, not from a paper: chosen with SmolLM2-135M on a
     # 2-core CPU so that the target memorises the forget people (final loss < 0.1) and the
@@ -189,6 +195,7 @@ class Synthetic(Benchmark):
             rows.append({"id": b.id, "prompt": prompt, "reference": truth.strip(), "generation": gen,
                          "rouge_l_f1": rouge_l_f1(gen, truth.strip())})
         per["verbmem_forget"] = rows
+        scores.warnings += degenerate_generations("verbmem_forget", [r["generation"] for r in rows])
         if rows:
             agg["verbmem_f"] = 100 * fmean(r["rouge_l_f1"] for r in rows)
 

@@ -101,6 +101,7 @@ from harness.scoring.probability import (
     truth_ratio_retain_score,
 )
 from harness.scoring.text import rouge_l_recall
+from harness.scoring.uncertainty import HarmonicMean, ItemMean, truth_ratio_forget_items, truth_ratio_retain_items
 
 HUB_ID = "locuslab/TOFU"
 RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
@@ -115,6 +116,8 @@ EVAL_SETS = {
     "world_facts": ("world_facts_perturbed", "wf"),
 }
 UTILITY_SETS = ("retain", "real_authors", "world_facts")
+# the per-item fields behind the nine utility numbers (probability, ROUGE, truth ratio of each set)
+UTILITY_ITEM_FIELDS = (("probability", None), ("rouge_l_recall", None), ("truth_ratio", truth_ratio_retain_items))
 QA_FIELDS = ("question", "answer")
 PERTURBED_FIELDS = ("question", "answer", "paraphrased_answer", "perturbed_answer")
 AUTHORS_FIELDS = ("question", "answer", "perturbed_answer")  # real_authors / world_facts: no paraphrase
@@ -198,23 +201,29 @@ class Tofu(Benchmark):
         # Spans many orders of magnitude (1e-25 .. 1); Column has fixed decimals only, so 4 digits
         # for now: issue 6 will add scientific formatting.
         Column("forget_quality", "Forget quality", "up", "knowledge", digits=4, sci_below=0.01),
-        Column("model_utility", "Model utility", "up", "utility", digits=3),
-        Column("rouge_f", "ROUGE f", "down", "knowledge", digits=3),
-        Column("prob_f", "Prob f", "down", "knowledge", digits=3),
+        Column("model_utility", "Model utility", "up", "utility", digits=3,
+               interval=HarmonicMean(tuple(ItemMean(split, field, transform=transform) for split in UTILITY_SETS
+                                           for field, transform in UTILITY_ITEM_FIELDS))),
+        Column("rouge_f", "ROUGE f", "down", "knowledge", digits=3, interval=ItemMean("forget", "rouge_l_recall")),
+        Column("prob_f", "Prob f", "down", "knowledge", digits=3, interval=ItemMean("forget", "probability")),
         # mean(min(R, 1/R)): 1 when paraphrased and perturbed answers are equally likely (nothing
         # known), lower when the model prefers either; OpenUnlearning aggregates it "closer to 1 better".
-        Column("truth_ratio_f", "Truth ratio f", "up", "knowledge", digits=3),
-        Column("rouge_r", "ROUGE r", "up", "utility", digits=3),
-        Column("prob_r", "Prob r", "up", "utility", digits=3),
-        Column("truth_ratio_r", "Truth ratio r", "up", "utility", digits=3),
-        Column("rouge_ra", "ROUGE ra", "up", "utility", digits=3),
-        Column("prob_ra", "Prob ra", "up", "utility", digits=3),
-        Column("truth_ratio_ra", "Truth ratio ra", "up", "utility", digits=3),
-        Column("rouge_wf", "ROUGE wf", "up", "utility", digits=3),
-        Column("prob_wf", "Prob wf", "up", "utility", digits=3),
-        Column("truth_ratio_wf", "Truth ratio wf", "up", "utility", digits=3),
-        Column("es_f", "ES f", "down", "verbatim", digits=3),
-        Column("em_f", "EM f", "down", "verbatim", digits=3),
+        Column("truth_ratio_f", "Truth ratio f", "up", "knowledge", digits=3,
+               interval=ItemMean("forget", "truth_ratio", transform=truth_ratio_forget_items)),
+        Column("rouge_r", "ROUGE r", "up", "utility", digits=3, interval=ItemMean("retain", "rouge_l_recall")),
+        Column("prob_r", "Prob r", "up", "utility", digits=3, interval=ItemMean("retain", "probability")),
+        Column("truth_ratio_r", "Truth ratio r", "up", "utility", digits=3,
+               interval=ItemMean("retain", "truth_ratio", transform=truth_ratio_retain_items)),
+        Column("rouge_ra", "ROUGE ra", "up", "utility", digits=3, interval=ItemMean("real_authors", "rouge_l_recall")),
+        Column("prob_ra", "Prob ra", "up", "utility", digits=3, interval=ItemMean("real_authors", "probability")),
+        Column("truth_ratio_ra", "Truth ratio ra", "up", "utility", digits=3,
+               interval=ItemMean("real_authors", "truth_ratio", transform=truth_ratio_retain_items)),
+        Column("rouge_wf", "ROUGE wf", "up", "utility", digits=3, interval=ItemMean("world_facts", "rouge_l_recall")),
+        Column("prob_wf", "Prob wf", "up", "utility", digits=3, interval=ItemMean("world_facts", "probability")),
+        Column("truth_ratio_wf", "Truth ratio wf", "up", "utility", digits=3,
+               interval=ItemMean("world_facts", "truth_ratio", transform=truth_ratio_retain_items)),
+        Column("es_f", "ES f", "down", "verbatim", digits=3, interval=ItemMean("forget", "extraction_strength")),
+        Column("em_f", "EM f", "down", "verbatim", digits=3, interval=ItemMean("forget", "exact_memorization")),
     ]
     # From the literature (reference.md section 4), not tuned here.
     # TOFU fine-tune of the target and retain models: lr 1e-5 (Llama-2; phi-1.5 used 2e-5),

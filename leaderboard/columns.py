@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 #: direction -> the arrow shown in headers and the legend, and what it means.
 DIRECTIONS: dict[str, tuple[str, str]] = {
@@ -56,6 +57,9 @@ class Column:
     target: float | None = None
     digits: int = 1
     sci_below: float = 0.0   # non-zero values smaller than this in magnitude are written as 1.8e-21
+    # how the aggregate follows from the record's per-item scores (a harness.scoring.uncertainty.Statistic),
+    # so that it gets a bootstrap interval and paired tests; None: no interval (said on the table)
+    interval: Any = field(default=None, compare=False, repr=False)
 
     def format(self, value: float) -> str:
         """Fixed point with ``digits`` decimals, or two significant digits in scientific

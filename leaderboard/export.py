@@ -3,9 +3,13 @@
 One row per leaderboard row: records of one (kind, method, config_id) in one (benchmark, model,
 data cut) section collapse into one row, in the Markdown's order (sections by benchmark, model, cut;
 reference rows first, then method rows by label). For every metric column ``KEY`` of any
-benchmark there are two fields: ``KEY`` (the mean over the row's seeds, full precision; the
-Markdown shows it rounded to the column's digits) and ``KEY_std`` (sample std over seeds; empty
-with one seed). A metric that a benchmark lacks, or no seed of the row recorded, is empty (CSV)
+benchmark there are these fields: ``KEY`` (the mean over the row's seeds, full precision; the
+Markdown shows it rounded to the column's digits), ``KEY_std`` (sample std over seeds; empty
+with one seed), ``KEY_lo`` / ``KEY_hi`` (its 95% bootstrap interval, see leaderboard/intervals.py;
+empty where the column has none), ``KEY_vs_best_p`` (paired bootstrap p-value against the column's
+best row) and ``KEY_tied_best`` (true when that test cannot tell the row from the best; empty when not
+tested). Forget quality adds ``forget_quality_ks`` (the KS statistic), ``forget_quality_n``,
+``forget_quality_m`` and ``forget_quality_p_min``; ``no_op`` names a row that did nothing. A metric that a benchmark lacks, or no seed of the row recorded, is empty (CSV)
 or null (JSON); so is a NaN mean; an infinite one is ``inf``/``-inf`` in CSV and null in JSON.
 
 The output depends only on the records' content, never on their order or on the clock.
@@ -26,7 +30,10 @@ from .markdown import _build_rows, _record_key, _settings_text, _text, _unique, 
 __all__ = ["leaderboard_frame", "render_csv", "render_json", "write_exports", "leaderboard_inputs", "FIXED_FIELDS"]
 
 FIXED_FIELDS = ("benchmark", "model", "data_cut", "row", "kind", "method", "config_id", "seeds", "n_seeds", "status",
-                "settings", "commit", "path", "notes")
+                "settings", "commit", "path", "notes", "no_op")
+UNCERTAINTY_FIELDS = ("lo", "hi", "vs_best_p", "tied_best")
+KS_FIELDS = {"forget_quality_ks": "statistic", "forget_quality_n": "n", "forget_quality_m": "m",
+             "forget_quality_p_min": "p_min"}
 
 
 def _number(value: Any) -> float | None:
@@ -84,12 +91,23 @@ def _table(records: Sequence[Mapping[str, Any]], columns: Mapping[str, Sequence[
                 "commit": ", ".join(_unique(str(r["commit"]) for r in row.records if r.get("commit"))) or None,
                 "path": _text(row.records[0].get("path")) or None,
                 "notes": " | ".join(row.notes) or None,
+                "no_op": "; ".join(row.no_op) or None,
             }
             for key in keys:
                 mean, std = _mean_std(row.records, key) if key in own else (None, None)
                 out[key], out[f"{key}_std"] = mean, std
+                u = row.values[key].uncertainty if key in own else None
+                interval, test = (u.interval, u.vs_best) if u is not None else (None, None)
+                out[f"{key}_lo"] = interval.lo if interval else None
+                out[f"{key}_hi"] = interval.hi if interval else None
+                out[f"{key}_vs_best_p"] = test.p_value if test else None
+                out[f"{key}_tied_best"] = u.tied_with_best if u is not None else None
+            ks = row.values["forget_quality"].uncertainty.ks if "forget_quality" in own else None
+            for name, part in KS_FIELDS.items():
+                out[name] = ks[part] if ks else None
             rows.append(out)
-    fields = [*FIXED_FIELDS, *(f for k in keys for f in (k, f"{k}_std"))]
+    fields = [*FIXED_FIELDS, *(f for k in keys for f in (k, f"{k}_std", *(f"{k}_{u}" for u in UNCERTAINTY_FIELDS))),
+              *(KS_FIELDS if "forget_quality" in keys else ())]
     return fields, rows
 
 
@@ -99,9 +117,13 @@ def leaderboard_frame(records: Sequence[Mapping[str, Any]], columns: Mapping[str
 
     fields, rows = _table(records, columns)
     frame = pd.DataFrame.from_records(rows, columns=fields)
-    metric = [f for f in fields if f not in FIXED_FIELDS]
+    metric = [f for f in fields if f not in FIXED_FIELDS and not f.endswith("_tied_best")
+              and f not in ("forget_quality_n", "forget_quality_m")]
     if metric:
         frame[metric] = frame[metric].astype("float64")
+    for f in fields:
+        if f.endswith("_tied_best") or f in ("forget_quality_n", "forget_quality_m"):
+            frame[f] = frame[f].astype("object")   # true/false or counts, empty where not tested
     frame["n_seeds"] = frame["n_seeds"].astype("int64")
     return frame
 
@@ -131,7 +153,8 @@ def render_json(records: Sequence[Mapping[str, Any]], columns: Mapping[str, Sequ
         "title": title,
         "columns": {
             b: [{"key": c.key, "label": c.label, "header": c.header(), "direction": c.direction,
-                 "target": c.target, "family": c.family, "digits": c.digits} for c in columns.get(b, [])]
+                 "target": c.target, "family": c.family, "digits": c.digits,
+                 "interval": c.interval is not None} for c in columns.get(b, [])]
             for b in benchmarks
         },
         "rows": rows,

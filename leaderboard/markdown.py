@@ -28,6 +28,7 @@ from tabulate import tabulate
 from harness.run.results import atomic_write_text
 
 from .columns import DIRECTIONS, Column, format_value
+from .intervals import AT_P_MIN, TIED, CellUncertainty, cell_interval, forget_quality_ks, test_against_best, within_target
 from .robustness import render_robustness
 
 __all__ = ["render_leaderboard", "write_leaderboard", "format_value", "section_key"]
@@ -107,6 +108,21 @@ def _unique(values: Iterable[str]) -> list[str]:
 class _Value:
     text: str  # cell text before bolding
     score: Decimal | None  # displayed mean as an exact decimal; None when missing or not finite
+    mean: float | None = None   # the mean over seeds, full precision
+    uncertainty: CellUncertainty = field(default_factory=CellUncertainty)
+
+    def shown(self, column: Column) -> str:
+        """The cell: mean and the 95% interval's half-width ('50.6 ±9.4'), '≤' before a forget quality at
+        its smallest attainable p, its KS statistic after it, '≈' after a row tied with the best."""
+        u, text = self.uncertainty, self.text
+        if u.interval is not None and self.mean is not None and math.isfinite(self.mean):
+            text = f"{column.format(self.mean)} ±{column.format((u.interval.hi - u.interval.lo) / 2)}" + (
+                text[text.index(" ("):] if " (" in text else "")
+        if u.ks is not None and self.score is not None:
+            text = (f"{AT_P_MIN} " if u.at_p_min else "") + f"{text} (D {u.ks['statistic']:.2f})"
+        if u.tied_with_best:
+            text += f" {TIED}"
+        return text
 
 
 @dataclass
@@ -118,6 +134,7 @@ class _Row:
     label: str = ""
     values: dict[str, _Value] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    no_op: list[str] = field(default_factory=list)   # 'unchanged' / 'not distinguishable from the target'
 
     @property
     def excluded_from_best(self) -> bool:
@@ -172,7 +189,7 @@ def _aggregate(records: Sequence[Mapping[str, Any]], column: Column) -> _Value:
         text = column.format(mean)
         score: Decimal | None = Decimal(text)
         if len(values) > 1:
-            text += " ± " + column.format(statistics.stdev(values))
+            text += " sd " + column.format(statistics.stdev(values))
     else:
         if any(math.isnan(v) for v in values) or (math.inf in values and -math.inf in values):
             mean = math.nan
@@ -182,7 +199,7 @@ def _aggregate(records: Sequence[Mapping[str, Any]], column: Column) -> _Value:
 
     if len(values) < len(records):
         text += f" ({len(values)}/{len(records)} seeds)"
-    return _Value(text, score)
+    return _Value(text, score, float(mean))
 
 
 def _note_texts(row: _Row) -> list[str]:
@@ -217,6 +234,10 @@ def _note_texts(row: _Row) -> list[str]:
         stand_in = (record.get("data") or {}).get("stand_in")
         if stand_in:
             notes.append(f"stand-in data: {' '.join(str(stand_in).split())}")
+    for record in row.records:  # splits whose generations are all empty or all the same (benchmarks/base.py)
+        for warning in record.get("warnings") or []:
+            if " generations " in str(warning):
+                notes.append(" ".join(str(warning).split()))
     for record in row.records:  # scored with a non-default setting that changes scores
         for deviation in record.get("scoring_deviations") or []:
             notes.append(f"non-default scoring: {' '.join(str(deviation).split())}.")
@@ -252,7 +273,57 @@ def _build_rows(records: Sequence[Mapping[str, Any]], columns: Sequence[Column])
         row.values = {c.key: _aggregate(row.records, c) for c in columns}
         row.notes = _note_texts(row)
     rows.sort(key=lambda r: r.sort_key())
+    _add_uncertainty(rows, columns, records)
     return rows
+
+
+def _add_uncertainty(rows: list[_Row], columns: Sequence[Column], section: Sequence[Mapping[str, Any]]) -> None:
+    """Intervals, tests against each column's best row, forget quality's KS context, no-op flags
+    (``leaderboard/intervals.py``)."""
+    for row in rows:
+        for c in columns:
+            value = row.values[c.key]
+            if value.score is None:
+                continue
+            value.uncertainty = cell_interval(row.records, c)
+            if c.key == "forget_quality":
+                value.uncertainty.ks = forget_quality_ks(row.records, section)
+    def lacks(row: _Row) -> bool:
+        declared = [c for c in columns if c.interval is not None and row.values[c.key].score is not None]
+        return bool(declared) and all(row.values[c.key].uncertainty.interval is None for c in declared)
+
+    if any(v.uncertainty.interval is not None for row in rows for v in row.values.values()):  # else the section note says it
+        for row in rows:
+            if lacks(row):
+                row.notes.append("no intervals: the record holds no per-item scores (or fewer than 2 items).")
+    for c in columns:
+        best = sorted(_best_rows(rows, c))
+        if not best:
+            continue
+        for i, row in enumerate(rows):
+            if row.excluded_from_best or i in best or row.values[c.key].score is None:
+                continue
+            test = test_against_best(rows[best[0]].records, row.records, c)
+            if test is not None:
+                row.values[c.key].uncertainty.vs_best = test
+                row.values[c.key].uncertainty.tied_with_best = not test.distinguishable
+    target = next((r for r in rows if r.kind == "reference" and r.method == "target"), None)
+    for row in rows:
+        if row.kind != "method" or all(r.get("status") == "failed" for r in row.records):
+            continue
+        flags = [r.get("no_op") or {} for r in row.records]
+        if flags and all(f.get("unchanged_weights") is True for f in flags):
+            row.no_op.append("unchanged")
+            row.notes.append("unchanged: the reported weights are bit-identical to the target's; training did not "
+                             "move them.")
+        elif target is not None:
+            inside = within_target({k: v.mean for k, v in row.values.items()},
+                                   {k: v.uncertainty for k, v in target.values.items()}, columns)
+            if inside:
+                labels = ", ".join(c.label for c in columns if c.key in inside)
+                row.no_op.append("not distinguishable from the target")
+                row.notes.append(f"not distinguishable from the target: every forget-side column with an interval "
+                                 f"({labels}) lies inside the target's 95% interval.")
 
 
 def _best_rows(rows: Sequence[_Row], column: Column) -> set[int]:
@@ -285,8 +356,38 @@ def _legend(columns: Sequence[Column]) -> str:
         return ""
     return (
         "Legend: " + ", ".join(parts) + "; **bold** = best method row per column (diverged runs excluded); "
-        "a ± b = mean ± sample std over seeds."
+        f"a ±h = mean and half-width of its 95% bootstrap interval over items (and seeds, when several); {TIED} = "
+        "not distinguishable from the bold row (paired bootstrap on the same items, 95%); a sd s = mean and "
+        "sample std over seeds where a column has no interval."
     )
+
+
+def _uncertainty_note(rows: Sequence[_Row], columns: Sequence[Column]) -> str:
+    """How the intervals were made, which columns have none and why, and forget quality's resolution."""
+    from .intervals import RESAMPLES, SEED
+
+    lines = []
+    with_interval = [c for c in columns if any(r.values[c.key].uncertainty.interval for r in rows)]
+    if with_interval:
+        lines.append(f"Intervals: percentile bootstrap, {RESAMPLES} resamples, seed {SEED}; members and non-members "
+                     "of an AUC resampled separately, a harmonic mean's items jointly per split, PrivLeak with the "
+                     "retain model's AUC held fixed; several seeds: items and seeds both resampled.")
+    none = [c for c in columns if c not in with_interval and any(r.values[c.key].score is not None for r in rows)]
+    ks = next((r.values[c.key].uncertainty.ks for c in columns if c.key == "forget_quality" for r in rows
+               if r.values[c.key].uncertainty.ks), None)
+    reasons: dict[str, list[str]] = {}
+    for c in none:
+        if c.key == "forget_quality":
+            text = f"{c.label}: no interval (a KS test's p-value, not an estimate)"
+            if ks:
+                text += (f"; D = KS statistic over n = {ks['n']} unlearned and m = {ks['m']} retain truth ratios; "
+                         f"the smallest p these sizes allow is {ks['p_min']:.1e}, marked {AT_P_MIN}")
+            lines.append(text + ".")
+        else:
+            why = next((r.values[c.key].uncertainty.why_none for r in rows if r.values[c.key].uncertainty.why_none), "")
+            reasons.setdefault(why, []).append(c.label)
+    lines += [f"{', '.join(labels)}: no interval ({why})." for why, labels in reasons.items()]
+    return "\n".join(f"- {line}" for line in lines)
 
 
 def _data_cut(records: Sequence[Mapping[str, Any]], short: bool = False) -> str:
@@ -356,11 +457,13 @@ def _render_section(benchmark: str, model: str, records: Sequence[Mapping[str, A
     for i, row in enumerate(rows):
         path = row.records[0].get("path")
         label = f"[{_link_text(row.label)}]({_link_target(path)})" if path else _link_text(row.label)
+        if row.no_op:   # after the link, so the row's name stays the method's
+            label += f" ({'; '.join(row.no_op)})"
         if marks[i]:
             label += ",".join(_superscript(n) for n in marks[i])
         cells = [label]
         for c in columns:
-            text = _cell(row.values[c.key].text)
+            text = _cell(row.values[c.key].shown(c))
             cells.append(f"**{text}**" if i in best[c.key] else text)
         cells.append(", ".join(_cell(_text(r.get("seed"))) or "?" for r in row.records))
         cells.append(" / ".join(_unique(_cell(_settings_text(r.get("settings"))) for r in row.records)))
@@ -373,6 +476,9 @@ def _render_section(benchmark: str, model: str, records: Sequence[Mapping[str, A
     parts = [f"## {section_title(benchmark, model, _data_cut(records, short=True))}", intro, body]
     if numbers:
         parts.append("\n".join(f"- {_superscript(n)} {note}" for note, n in numbers.items()))
+    uncertainty = _uncertainty_note(rows, columns)
+    if uncertainty:
+        parts.append(uncertainty)
     robustness = render_robustness(rows, columns)
     if robustness:
         parts.append(robustness)

@@ -147,13 +147,13 @@ def test_missing_metric_is_na(text):
 def test_mean_and_sample_std_over_two_seeds(text):
     ga = by_label(table_rows(text))["GA"]
     # verbmem_f: 40, 44 -> mean 42, sample std sqrt(((40-42)^2 + (44-42)^2) / 1) = sqrt(8) = 2.83
-    assert ga[1] == "42.0 ± 2.8"
+    assert ga[1] == "42.0 sd 2.8"
     # knowmem_r: 34.5, 30.5 -> mean 32.5, std 2.83
-    assert ga[2] == "32.5 ± 2.8"
-    # privleak: 12, 8 -> 10 ± 2.8
-    assert ga[3] == "10.0 ± 2.8"
-    # fluency (2 digits): 0.7, 0.5 -> 0.60 ± 0.14
-    assert ga[4] == "0.60 ± 0.14"
+    assert ga[2] == "32.5 sd 2.8"
+    # privleak: 12, 8 -> 10 sd 2.8
+    assert ga[3] == "10.0 sd 2.8"
+    # fluency (2 digits): 0.7, 0.5 -> 0.60 sd 0.14
+    assert ga[4] == "0.60 sd 0.14"
     assert ga[5] == "0, 1"
     assert f"{statistics.stdev([40.0, 44.0]):.1f}" == "2.8"
 
@@ -173,7 +173,7 @@ def test_bold_best_per_direction_among_method_rows_only(text):
     # down: NPO and SimNPO tie at 30.0 (GradDiff's 0.1 is diverged, Zeroed's 0.0 is a reference)
     assert rows["NPO"][1] == "**30.0**"
     assert rows["SimNPO"][1] == "**30.0**"
-    assert rows["GA"][1] == "42.0 ± 2.8"
+    assert rows["GA"][1] == "42.0 sd 2.8"
     assert rows["Zeroed"][1] == "0.0"
     assert rows["GradDiff"][1] == "0.1"
     # up: NPO's 35.0 beats GA's 32.5 mean; reference 60.0 and diverged 99.0 are not candidates
@@ -220,7 +220,7 @@ def test_footnotes_numbered_per_section_and_seed_named():
     assert "- ¹ seed 0 diverged at step 3 (last finite loss 2.5); scores are of the weights at that point." in text
     assert "- ¹ stand-in data: stand-in text" in text
     # a diverged row is never bold, even when it is the only method row
-    assert by_label(table_rows(text, "## synthetic — m1"))["GA"][1] == "1.5 ± 0.7"
+    assert by_label(table_rows(text, "## synthetic — m1"))["GA"][1] == "1.5 sd 0.7"
     assert by_label(table_rows(text, "## synthetic — m2"))["GA"][1] == "**1.0**"
 
 

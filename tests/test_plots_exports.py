@@ -92,7 +92,7 @@ def expected_cell(mean, std, digits) -> str:
         return "n/a"
     text = format_value(mean, digits)
     if std is not None and not (isinstance(std, float) and math.isnan(std)):
-        text += " ± " + format_value(std, digits)
+        text += " sd " + format_value(std, digits)
     return text
 
 
@@ -131,7 +131,7 @@ def test_json_carries_the_column_definitions():
     assert doc["schema"] == 1 and list(doc["columns"]) == ["synthetic", "tofu"]
     privleak = next(c for c in doc["columns"]["synthetic"] if c["key"] == "privleak")
     assert privleak == {"key": "privleak", "label": "PrivLeak", "header": "PrivLeak → 0", "direction": "ref",
-                        "target": 0.0, "family": "privacy", "digits": 1}
+                        "target": 0.0, "family": "privacy", "digits": 1, "interval": False}
 
 
 def test_exports_are_deterministic(tmp_path):

@@ -39,7 +39,7 @@ from harness.engines.factory import EvalEngines, default_engine, resolve_engine
 from harness.errors import HarnessError
 from harness.engines.cache import EvalCache
 from harness.engines.plan import run_plan
-from harness.runtime.models import SMOLLM2_ALIAS, cache_root, load_model, pick_device, portable_path, smollm2_folder
+from harness.runtime.models import SMOLLM2_ALIAS, cache_root, fingerprint, load_model, pick_device, portable_path, smollm2_folder
 from harness.methods.base import NEEDS_RETAIN
 from harness.run.prepare import prepare
 from harness.registry import BENCHMARKS, METHODS
@@ -57,6 +57,7 @@ from harness.run.results import (
     write_record,
 )
 from harness.training.loop import TrainConfig, check_shardable, epoch_plan, train
+from harness.leaderboard.intervals import record_intervals
 
 
 #: where ad-hoc runs write (git-ignored); the committed records of the default run live in results/
@@ -414,6 +415,7 @@ class Runner:
         self._warn(truncation.warning(train_cut, "train.max_length", train_cfg.max_length, f"training {method.name}"))
         steps_per_epoch, total, final_epoch = epoch_plan(len(forget), train_cfg)
         per_epoch = PerEpoch(self, loaded, reference, method.name, final_epoch) if self.eval_cfg.per_epoch and self.ranks.is_main else None
+        target_weights = fingerprint(loaded.model) if self.ranks.is_main else None   # to flag a run that changed nothing
         try:
             result = train(loaded.model, loaded.tokenizer, method, forget, self.bench.retain_train(),
                            train_cfg, self.req.seed, progress=self.progress, log=self.log, on_epoch_end=per_epoch)
@@ -425,6 +427,7 @@ class Runner:
         if scored_per_epoch:  # evaluated at each epoch's end; the chosen epoch's weights go back into the model
             chosen = self._select(per_epoch.epochs)
             out = per_epoch.take(chosen)
+        unchanged = fingerprint(loaded.model) == target_weights
         # the reported weights are saved before they are scored: vLLM then loads this copy instead of writing another
         saved = self._save(loaded, method.name, resolved) if self.req.save_models else None
         if result.status != "ok":  # diverged: the weights at that point, whatever the rule
@@ -435,6 +438,12 @@ class Runner:
             out = self._evaluate(loaded, reference, folder=saved)
             chosen = self._select([{"epoch": final_epoch, "aggregates": out["aggregates"]}])
         out["selection"] = chosen.as_record()
+        # bit-identical to the weights training started from; the leaderboard adds "not distinguishable from the target"
+        out["no_op"] = {"unchanged_weights": unchanged}
+        if unchanged:
+            text = f"{method.name}: the reported weights are bit-identical to the target's; training changed nothing."
+            out["warnings"] = [*out.get("warnings", []), text]
+            self._warn(f"warning: {text}")
         if self.attacks:  # stage: attacked copies of the reported weights, scored like every evaluation
             started = time.perf_counter()
             out["attacks"] = self.attacks.method_stage(loaded, self._evaluate_on, out, reference)
@@ -487,6 +496,7 @@ class Runner:
             self.log(f"warning: {bench.name}: {warning}")
         return {
             "aggregates": scores.aggregates, "per_sample": scores.per_sample, "missing": scores.missing,
+            "intervals": record_intervals(bench.columns, scores.per_sample, scores.aggregates),
             "reference_values": scores.reference_values, "truncated": {"eval": self._eval_truncation(loaded.tokenizer, bench, plan)},
             "warnings": scores.warnings, "scoring_deviations": scores.deviations,
             "resolved_settings": bench.resolved_settings(),
