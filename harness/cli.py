@@ -138,6 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--results-dir", type=Path, default=Path("results"))
     tb.add_argument("--out", type=Path, help="output file (default: <results-dir>/tables/<NAME>.md)")
     _common(tb)
+
+    im = sub.add_parser("import", help="turn published per-sample outputs into records, scored by our metrics")
+    im.add_argument("format", help="muse (the MUSE authors' muse_bench outputs), openunlearning (TOFU_EVAL/MUSE_EVAL.json), "
+                                   "tofu-logs (the TOFU authors' *_eval_log_aggregated.json)")
+    im.add_argument("path", type=Path, help="the published folder (or file)")
+    im.add_argument("--results-dir", type=Path, default=Path("results"))
+    im.add_argument("--checkpoint", action="append", default=[], metavar="MODEL=CHECKPOINT",
+                    help="which checkpoint of a model to import (muse: e.g. ga=step=102); needed when it has several")
+    im.add_argument("--model", help="the evaluated base model's name shown in tables (each format has a default)")
+    im.add_argument("--source-repo", help="repository the outputs come from (default: read from the folder)")
+    im.add_argument("--source-commit", help="its commit (default: read from the folder)")
+    _common(im)
     return parser
 
 
@@ -330,7 +342,26 @@ def cmd_tables(args) -> int:
     return 0
 
 
-COMMANDS = {"bench": cmd_bench, "run": cmd_run, "eval": cmd_eval, "prepare": cmd_prepare, "list": cmd_list, "leaderboard": cmd_leaderboard,
+def cmd_import(args) -> int:
+    from harness.imports import reader
+    from harness.imports.records import write_imported
+
+    chosen = {}
+    for item in args.checkpoint:
+        name, sep, ckpt = item.partition("=")
+        if not sep or not name or not ckpt:
+            raise HarnessError(f"--checkpoint '{item}': give MODEL=CHECKPOINT (e.g. ga=step=102).")
+        if name in chosen:
+            raise HarnessError(f"--checkpoint: model '{name}' is named twice; give one checkpoint per model.")
+        chosen[name] = ckpt
+    records = reader(args.format)(args.path, checkpoints=chosen, model=args.model, repository=args.source_repo,
+                                  commit=args.source_commit)
+    for path in write_imported(records, args.results_dir):
+        print(f"imported: {path}")
+    return 0
+
+
+COMMANDS = {"import": cmd_import, "bench": cmd_bench, "run": cmd_run, "eval": cmd_eval, "prepare": cmd_prepare, "list": cmd_list, "leaderboard": cmd_leaderboard,
             "tables": cmd_tables, "status": cmd_status}
 
 
