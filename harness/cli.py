@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--model", help="the evaluated base model's name shown in tables (each format has a default)")
     im.add_argument("--source-repo", help="repository the outputs come from (default: read from the folder)")
     im.add_argument("--source-commit", help="its commit (default: read from the folder)")
+    im.add_argument("--data", type=Path, help="openunlearning: the benchmark's files (e.g. ../shared/data/tofu), to check ground truths")
+    im.add_argument("--split", default="forget10", help="openunlearning TOFU: the forget split the log evaluated")
+    im.add_argument("--retain-log", type=Path, help="openunlearning TOFU: the retain model's TOFU_EVAL.json, for forget quality")
     _common(im)
     return parser
 
@@ -355,7 +358,7 @@ def cmd_import(args) -> int:
             raise HarnessError(f"--checkpoint: model '{name}' is named twice; give one checkpoint per model.")
         chosen[name] = ckpt
     records = reader(args.format)(args.path, checkpoints=chosen, model=args.model, repository=args.source_repo,
-                                  commit=args.source_commit)
+                                  commit=args.source_commit, data=args.data, split=args.split, retain_log=args.retain_log)
     for path in write_imported(records, args.results_dir):
         print(f"imported: {path}")
     return 0
