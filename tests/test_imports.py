@@ -132,3 +132,119 @@ def test_muse_import_refuses_bad_folders(tmp_path, capsys):
     records = reader("muse")(MUSE)
     with pytest.raises(HarnessError, match="named twice"):
         write_imported(records + records[:1], tmp_path / "r")
+
+
+# --------------------------------------------------------------------------- OpenUnlearning logs
+
+OU_MUSE = data_root() / "openunlearning-logs" / "muse-news-smollm2-135m-4items"
+TOFU = data_root() / "tofu"
+needs_ou = pytest.mark.skipif(not OU_MUSE.is_dir() or not (data_root() / "muse-news").is_dir(),
+                              reason="OpenUnlearning log or MUSE-News data not under HARNESS_DATA_ROOT")
+needs_tofu = pytest.mark.skipif(not (TOFU / "forget01.json").is_file(), reason="TOFU data not under HARNESS_DATA_ROOT")
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@needs_ou
+def test_openunlearning_muse_log_imports_and_shows_in_the_leaderboard(tmp_path):
+    from rouge_score import rouge_scorer
+
+    assert main(["import", "openunlearning", str(OU_MUSE), "--data", str(data_root() / "muse-news"),
+                 "--results-dir", str(tmp_path)]) == 0
+    [record] = load_records(tmp_path)
+    log = json.loads((OU_MUSE / "MUSE_EVAL.json").read_text())
+    # hand computation from the log's texts: ROUGE-L F1, stemmer off, mean x 100
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    rows = log["retain_knowmem_ROUGE"]["value_by_index"].values()
+    assert record["aggregates"]["knowmem_r"] == pytest.approx(
+        100 * sum(scorer.score(r["ground_truth"], r["generation"])["rougeL"].fmeasure for r in rows) / len(rows))
+    assert record["aggregates"]["knowmem_r"] == pytest.approx(25.0)   # OpenUnlearning's own agg_value x 100
+    # AUC by hand: the share of (forget, holdout) pairs where the holdout text scores lower (MUSE's convention)
+    f = [v["score"] for v in log["mia_min_k"]["forget"]["value_by_index"].values()]
+    h = [v["score"] for v in log["mia_min_k"]["holdout"]["value_by_index"].values()]
+    auc = sum((y < x) + 0.5 * (y == x) for x in f for y in h) / (len(f) * len(h))
+    assert record["aggregates"]["auc_min_k"] == pytest.approx(auc)
+    assert record["aggregates"]["privleak"] == pytest.approx((auc - RETAIN_AUC) / RETAIN_AUC * 100)
+    assert record["imported"]["commit"] == "d3d7cf9" and record["kind"] == "imported"
+    assert main(["leaderboard", "--results-dir", str(tmp_path)]) == 0
+    board = (tmp_path / "LEADERBOARD.md").read_text()
+    assert "OpenUnlearning run [imported]" in board and "imported from locuslab/open-unlearning@d3d7cf9" in board
+    with pytest.raises(HarnessError, match="cannot be checked without"):
+        reader("openunlearning")(OU_MUSE)
+
+
+RETAIN_AUC = RETRAIN_AUC
+
+
+def tofu_log(n: int, shift: float) -> dict:
+    """An OpenUnlearning TOFU_EVAL.json over the first n items of forget01 and retain, as its evaluator writes it."""
+    forget, retain = lines(TOFU / "forget01.json")[:n], lines(TOFU / "retain_perturbed.json")[:n]
+    log = {}
+    for prefix, items in (("forget", forget), ("retain", retain)):
+        log[f"{prefix}_Q_A_ROUGE"] = {"agg_value": 0.0, "value_by_index": {
+            str(i): {"ground_truth": it["answer"], "generation": " ".join(it["answer"].split()[: 3 + i]), "input": it["question"]}
+            for i, it in enumerate(items)}}
+        log[f"{prefix}_Q_A_Prob"] = {"agg_value": 0.0, "value_by_index": {
+            str(i): {"prob": 0.1 * (i + 1), "avg_loss": 1.0 + i} for i in range(n)}}
+        log[f"{prefix}_Q_A_PARA_Prob"] = {"agg_value": 0.0, "value_by_index": {
+            str(i): {"prob": 0.2, "avg_loss": 1.0 + shift * i} for i in range(n)}}
+        log[f"{prefix}_Q_A_PERT_Prob"] = {"agg_value": 0.0, "value_by_index": {
+            str(i): {"prob": [0.1, 0.1], "avg_loss": [1.5, 2.5 - shift]} for i in range(n)}}
+    return log
+
+
+@needs_tofu
+def test_openunlearning_tofu_log_rescored_by_hand(tmp_path):
+    import math
+
+    from rouge_score import rouge_scorer
+    from scipy.stats import ks_2samp
+
+    run, retain = tmp_path / "runs" / "tofu_GradAscent", tmp_path / "retain"
+    run.mkdir(parents=True), retain.mkdir()
+    (run / "TOFU_EVAL.json").write_text(json.dumps(tofu_log(3, 0.5)))
+    (retain / "TOFU_EVAL.json").write_text(json.dumps(tofu_log(3, -0.25)))
+    assert main(["import", "openunlearning", str(tmp_path / "runs"), "--data", str(TOFU), "--split", "forget01",
+                 "--retain-log", str(retain / "TOFU_EVAL.json"), "--source-commit", "abc1234",
+                 "--results-dir", str(tmp_path / "r")]) == 0
+    [record] = load_records(tmp_path / "r")
+    a = record["aggregates"]
+
+    def ratios(shift):   # R = exp(-mean(perturbed losses)) / exp(-paraphrased loss)
+        return [math.exp(-(1.5 + 2.5 - shift) / 2 + (1.0 + shift * i)) for i in range(3)]
+
+    mine = ratios(0.5)
+    assert a["truth_ratio_f"] == pytest.approx(sum(min(r, 1 / r) for r in mine) / 3)
+    assert a["truth_ratio_r"] == pytest.approx(sum(max(0, 1 - r) for r in ratios(0.5)) / 3)
+    assert a["forget_quality"] == pytest.approx(ks_2samp(mine, ratios(-0.25)).pvalue)
+    assert a["prob_f"] == pytest.approx(0.2)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    items = lines(TOFU / "forget01.json")[:3]
+    assert a["rouge_f"] == pytest.approx(sum(scorer.score(it["answer"], " ".join(it["answer"].split()[: 3 + i]))["rougeL"].recall
+                                             for i, it in enumerate(items)) / 3)
+    assert "model_utility" not in a   # no ra / wf metrics in this log: said, not invented
+    assert any("model utility not computed" in w for w in record["warnings"])
+    assert record["method"] == "tofu_GradAscent" and record["config"]["benchmark_config"] == {"split": "forget01"}
+
+
+@needs_tofu
+def test_openunlearning_bad_logs(tmp_path):
+    log = tofu_log(3, 0.5)
+    del log["retain_Q_A_ROUGE"]
+    (tmp_path / "TOFU_EVAL.json").write_text(json.dumps(log))
+    with pytest.raises(HarnessError, match="the retain split is missing"):
+        reader("openunlearning")(tmp_path, data=TOFU, split="forget01", commit="x")
+    log = tofu_log(3, 0.5)
+    log["forget_Q_A_ROUGE"]["value_by_index"]["0"]["ground_truth"] = "something else"
+    (tmp_path / "TOFU_EVAL.json").write_text(json.dumps(log))
+    with pytest.raises(HarnessError, match="sample 0's ground truth differs"):
+        reader("openunlearning")(tmp_path, data=TOFU, split="forget01", commit="x")
+    log = tofu_log(3, 0.5)
+    log["forget_Q_A_ROUGE"]["value_by_index"]["45"] = log["forget_Q_A_ROUGE"]["value_by_index"]["0"]
+    (tmp_path / "TOFU_EVAL.json").write_text(json.dumps(log))
+    with pytest.raises(HarnessError, match="sample index 45 but the reference has 40 items"):
+        reader("openunlearning")(tmp_path, data=TOFU, split="forget01", commit="x")
+    with pytest.raises(HarnessError, match="no OpenUnlearning log here"):
+        reader("openunlearning")(tmp_path / "nothing", data=TOFU)

@@ -138,7 +138,7 @@ def _tofu(log: Mapping[str, Any], where: Path, data: Path, split: str, retain_lo
                 raise fail(where, f"the {prefix} split is missing (no {prefix}_Q_A_ROUGE)", "Evaluate with eval=tofu.")
             notes.append(f"no {prefix} metrics in the log: model utility not computed.")
             continue
-        refs = [r["answer"] for r in read_records(data / files[prefix], array=True)]
+        refs = [r["answer"] for r in read_records(data / files[prefix])]
         rows = _by_index(log, f"{prefix}_Q_A_ROUGE", where, "generation", whole=True)
         _check_truths(rows, refs, f"{prefix}_Q_A_ROUGE", where)
         scored = _rouge(rows, lambda g, t: rouge_l_recall(g, t, use_stemmer=True))
