@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--json", action="store_true", help="also write LEADERBOARD.json (same rows and values) next to it")
     lb.add_argument("--plots", action="store_true",
                     help="also write <results-dir>/plots/*.png|svg (needs matplotlib) and link them under a Plots section")
+    lb.add_argument("--html", action="store_true",
+                    help="also write LEADERBOARD.html: one self-contained page (sortable, filterable, plots inline)")
     _common(lb)
 
     bn = sub.add_parser("bench", help="figures: evaluation vs a naive baseline, one training step per method, memory")
@@ -306,20 +308,36 @@ def cmd_leaderboard(args) -> int:
 
         require_matplotlib()  # before anything is written
     path = render_results(args.results_dir)
-    if args.csv or args.json or args.plots:
+    if args.csv or args.json or args.plots or args.html:
         from harness.leaderboard.export import leaderboard_inputs, write_exports
 
         records, columns = leaderboard_inputs(args.results_dir)
         for written in write_exports(records, columns, path.parent, csv=args.csv, json_=args.json):
             print(f"export: {written}")
+        files = []
         if args.plots:
             from harness.leaderboard.plots import add_plots_section, write_plots
 
             files = write_plots(records, columns, Path(args.results_dir) / "plots")
             add_plots_section(path, files)
             print(f"plots: {len(files)} figure(s) in {Path(args.results_dir) / 'plots'}")
+        if args.html:
+            print(f"html: {_write_html(records, columns, path.with_suffix('.html'), files)}")
     print(f"leaderboard: {path}")
     return 0
+
+
+def _write_html(records, columns, target: Path, files) -> Path:
+    """The page beside the Markdown, plots inline (drawn into a scratch folder unless --plots drew them)."""
+    import tempfile
+
+    from harness.leaderboard.html import write_html
+    from harness.leaderboard.plots import write_plots
+
+    if files:
+        return write_html(records, columns, target, plots=files)
+    with tempfile.TemporaryDirectory() as scratch:
+        return write_html(records, columns, target, plots=write_plots(records, columns, scratch, formats=("svg",)))
 
 
 def cmd_status(args) -> int:
