@@ -248,3 +248,69 @@ def test_openunlearning_bad_logs(tmp_path):
         reader("openunlearning")(tmp_path, data=TOFU, split="forget01", commit="x")
     with pytest.raises(HarnessError, match="no OpenUnlearning log here"):
         reader("openunlearning")(tmp_path / "nothing", data=TOFU)
+
+
+# --------------------------------------------------------------------------- the TOFU authors' logs
+
+LOGS = TOFU / "retain_eval_logs"
+needs_logs = pytest.mark.skipif(not (LOGS / "phi_retain90_wd0.01_eval_log_aggregated.json").is_file(),
+                                reason="TOFU authors' logs not under HARNESS_DATA_ROOT")
+
+
+@needs_logs
+def test_tofu_authors_logs_become_rows_with_forget_quality_against_their_retain_model(tmp_path):
+    import math
+
+    from scipy.stats import hmean, ks_2samp
+
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    for name in ("phi_retain90", "phi_full"):
+        (folder / f"{name}_wd0.01_eval_log_aggregated.json").symlink_to(LOGS / f"{name}_wd0.01_eval_log_aggregated.json")
+    assert main(["import", "tofu-logs", str(folder), "--data", str(TOFU), "--source-commit", "unknown",
+                 "--results-dir", str(tmp_path / "r")]) == 0
+    records = {r["imported"]["model"]: r for r in load_records(tmp_path / "r")}
+    assert sorted(records) == ["phi_full", "phi_retain90"]
+    stored = {n: json.loads((LOGS / f"{n}_wd0.01_eval_log_aggregated.json").read_text()) for n in records}
+
+    def ratios(name):   # the authors' own per-item truth ratios, read only to compare
+        return list(stored[name]["eval_log_forget.json"]["truth_ratio"].values())
+
+    full, retain = records["phi_full"]["aggregates"], records["phi_retain90"]["aggregates"]
+    assert full["forget_quality"] == pytest.approx(ks_2samp(ratios("phi_full"), ratios("phi_retain90")).pvalue, rel=1e-6)
+    assert retain["forget_quality"] == pytest.approx(1.0)
+    log = stored["phi_retain90"]
+    nine = []
+    for key in ("eval_log.json", "eval_real_author_wo_options.json", "eval_real_world_wo_options.json"):
+        part = log[key]
+        if key == "eval_log.json":
+            prob = sum(math.exp(-v) for v in part["avg_gt_loss"].values()) / len(part["avg_gt_loss"])
+        else:
+            prob = sum(math.exp(-part["avg_gt_loss"][i]) / (math.exp(-part["avg_gt_loss"][i])
+                       + sum(math.exp(-x) for x in part["average_perturb_loss"][i])) for i in part["avg_gt_loss"]) / len(part["avg_gt_loss"])
+        rouge = sum(part["rougeL_recall"].values()) / len(part["rougeL_recall"])
+        tr = sum(max(0.0, 1 - r) for r in part["truth_ratio"].values()) / len(part["truth_ratio"])
+        nine += [prob, rouge, tr]
+    assert retain["model_utility"] == pytest.approx(hmean(nine), abs=1e-4)
+    assert records["phi_full"]["method"] == "target" and records["phi_retain90"]["method"] == "retain"
+    assert records["phi_full"]["config"]["benchmark_config"] == {"split": "forget10"}
+    assert main(["leaderboard", "--results-dir", str(tmp_path / "r")]) == 0
+    board = (tmp_path / "r" / "LEADERBOARD.md").read_text()
+    assert "phi-1.5 [imported]" in board and "full (TOFU authors, imported)" in board
+
+
+@needs_logs
+def test_tofu_logs_refused_when_they_do_not_fit(tmp_path):
+    with pytest.raises(HarnessError, match="no TOFU eval log here"):
+        reader("tofu-logs")(tmp_path)
+    bad = tmp_path / "phi_retain90_wd0.01_eval_log_aggregated.json"
+    replace_json_copy = json.loads((LOGS / bad.name).read_text())
+    del replace_json_copy["eval_real_author_wo_options.json"]
+    bad.write_text(json.dumps(replace_json_copy))
+    with pytest.raises(HarnessError, match="missing 'eval_real_author_wo_options.json'"):
+        reader("tofu-logs")(tmp_path, data=TOFU)
+    other = tmp_path / "x"
+    other.mkdir()
+    (other / "phi_retain99_wd0.01_eval_log_aggregated.json").symlink_to(LOGS / "phi_retain90_wd0.01_eval_log_aggregated.json")
+    with pytest.raises(HarnessError, match="holds 300 items, the reference only 40"):
+        reader("tofu-logs")(other, data=TOFU)
