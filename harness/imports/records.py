@@ -54,8 +54,8 @@ def imported_record(*, fmt: str, benchmark: str, model: str, method: str, row: s
         "schema": SCHEMA, "status": "ok", "kind": KIND, "benchmark": benchmark, "model": model, "method": method,
         "row": row, "seed": 0, "config": config, "config_id": config_id(config), "imported": imported,
         "aggregates": dict(aggregates), "per_sample": {k: list(v) for k, v in per_sample.items()},
-        "data": {"source": f"imported from {who} ({fmt} format), path {source['path']}", "sizes": dict(sizes)},
-        "settings": f"imported: {what} from {who}", "commit": git_commit(), "versions": versions(),
+        "data": {"source": f"imported from {who} ({fmt} format)", "sizes": dict(sizes)},
+        "settings": f"imported: {what} from {who}, {source['path']}", "commit": git_commit(), "versions": versions(),
         "warnings": warnings, "scoring_deviations": [],
     }
 
