@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--json", action="store_true", help="also write LEADERBOARD.json (same rows and values) next to it")
     lb.add_argument("--plots", action="store_true",
                     help="also write <results-dir>/plots/*.png|svg (needs matplotlib) and link them under a Plots section")
+    lb.add_argument("--html", action="store_true",
+                    help="also write LEADERBOARD.html: one self-contained page (sortable, filterable, plots inline)")
     _common(lb)
 
     bn = sub.add_parser("bench", help="figures: evaluation vs a naive baseline, one training step per method, memory")
@@ -138,6 +140,21 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--results-dir", type=Path, default=Path("results"))
     tb.add_argument("--out", type=Path, help="output file (default: <results-dir>/tables/<NAME>.md)")
     _common(tb)
+
+    im = sub.add_parser("import", help="turn published per-sample outputs into records, scored by our metrics")
+    im.add_argument("format", help="muse (the MUSE authors' muse_bench outputs), openunlearning (TOFU_EVAL/MUSE_EVAL.json), "
+                                   "tofu-logs (the TOFU authors' *_eval_log_aggregated.json)")
+    im.add_argument("path", type=Path, help="the published folder (or file)")
+    im.add_argument("--results-dir", type=Path, default=Path("results"))
+    im.add_argument("--checkpoint", action="append", default=[], metavar="MODEL=CHECKPOINT",
+                    help="which checkpoint of a model to import (muse: e.g. ga=step=102); needed when it has several")
+    im.add_argument("--model", help="the evaluated base model's name shown in tables (each format has a default)")
+    im.add_argument("--source-repo", help="repository the outputs come from (default: read from the folder)")
+    im.add_argument("--source-commit", help="its commit (default: read from the folder)")
+    im.add_argument("--data", type=Path, help="openunlearning: the benchmark's files (e.g. ../shared/data/tofu), to check ground truths")
+    im.add_argument("--split", default="forget10", help="openunlearning TOFU: the forget split the log evaluated")
+    im.add_argument("--retain-log", type=Path, help="openunlearning TOFU: the retain model's TOFU_EVAL.json, for forget quality")
+    _common(im)
     return parser
 
 
@@ -291,20 +308,36 @@ def cmd_leaderboard(args) -> int:
 
         require_matplotlib()  # before anything is written
     path = render_results(args.results_dir)
-    if args.csv or args.json or args.plots:
+    if args.csv or args.json or args.plots or args.html:
         from harness.leaderboard.export import leaderboard_inputs, write_exports
 
         records, columns = leaderboard_inputs(args.results_dir)
         for written in write_exports(records, columns, path.parent, csv=args.csv, json_=args.json):
             print(f"export: {written}")
+        files = []
         if args.plots:
             from harness.leaderboard.plots import add_plots_section, write_plots
 
             files = write_plots(records, columns, Path(args.results_dir) / "plots")
             add_plots_section(path, files)
             print(f"plots: {len(files)} figure(s) in {Path(args.results_dir) / 'plots'}")
+        if args.html:
+            print(f"html: {_write_html(records, columns, path.with_suffix('.html'), files)}")
     print(f"leaderboard: {path}")
     return 0
+
+
+def _write_html(records, columns, target: Path, files) -> Path:
+    """The page beside the Markdown, plots inline (drawn into a scratch folder unless --plots drew them)."""
+    import tempfile
+
+    from harness.leaderboard.html import write_html
+    from harness.leaderboard.plots import write_plots
+
+    if files:
+        return write_html(records, columns, target, plots=files)
+    with tempfile.TemporaryDirectory() as scratch:
+        return write_html(records, columns, target, plots=write_plots(records, columns, scratch, formats=("svg",)))
 
 
 def cmd_status(args) -> int:
@@ -330,7 +363,26 @@ def cmd_tables(args) -> int:
     return 0
 
 
-COMMANDS = {"bench": cmd_bench, "run": cmd_run, "eval": cmd_eval, "prepare": cmd_prepare, "list": cmd_list, "leaderboard": cmd_leaderboard,
+def cmd_import(args) -> int:
+    from harness.imports import reader
+    from harness.imports.records import write_imported
+
+    chosen = {}
+    for item in args.checkpoint:
+        name, sep, ckpt = item.partition("=")
+        if not sep or not name or not ckpt:
+            raise HarnessError(f"--checkpoint '{item}': give MODEL=CHECKPOINT (e.g. ga=step=102).")
+        if name in chosen:
+            raise HarnessError(f"--checkpoint: model '{name}' is named twice; give one checkpoint per model.")
+        chosen[name] = ckpt
+    records = reader(args.format)(args.path, checkpoints=chosen, model=args.model, repository=args.source_repo,
+                                  commit=args.source_commit, data=args.data, split=args.split, retain_log=args.retain_log)
+    for path in write_imported(records, args.results_dir):
+        print(f"imported: {path}")
+    return 0
+
+
+COMMANDS = {"import": cmd_import, "bench": cmd_bench, "run": cmd_run, "eval": cmd_eval, "prepare": cmd_prepare, "list": cmd_list, "leaderboard": cmd_leaderboard,
             "tables": cmd_tables, "status": cmd_status}
 
 

@@ -169,7 +169,7 @@ def _settings_order(record: Mapping[str, Any]) -> tuple:
 
 def _kind(record: Mapping[str, Any]) -> str:
     kind = record.get("kind")
-    if kind in ("method", "reference"):
+    if kind in ("method", "reference", "imported"):   # imported: re-scored published outputs, never ranked
         return kind
     return "reference" if record.get("method") in REFERENCE_ORDER else "method"
 

@@ -314,6 +314,7 @@ class PaperRow:
     published: Mapping[str, float | None]
     note: str = ""
     published_notes: Mapping[str, str] = field(default_factory=dict)
+    imported: Mapping[str, str] | None = None   # the published model (and checkpoint) whose outputs regenerate it
 
 
 @dataclass(frozen=True)
@@ -349,7 +350,7 @@ def _exact(column: PaperColumn, value: float) -> bool:
 def _parse_row(data: Any, columns: Sequence[PaperColumn], where: str) -> PaperRow:
     if not isinstance(data, Mapping):
         raise _fail(where, f"a row must be an object, got {data!r}")
-    allowed = {"name", "match", "published", "note", "published_notes"}
+    allowed = {"name", "match", "published", "note", "published_notes", "imported"}
     extra = sorted(set(data) - allowed)
     if extra:
         raise _fail(where, f"unknown field(s) {', '.join(extra)}; allowed: {', '.join(sorted(allowed))}")
@@ -382,8 +383,15 @@ def _parse_row(data: Any, columns: Sequence[PaperColumn], where: str) -> PaperRo
         raise _fail(f"{where}.published_notes", f"must map column keys to strings, got {notes!r}")
     if set(notes) - set(keys):
         raise _fail(f"{where}.published_notes", f"unknown column(s) {', '.join(sorted(set(notes) - set(keys)))}")
+    imported = data.get("imported")
+    if imported is not None and (not isinstance(imported, Mapping) or not isinstance(imported.get("model"), str)
+                                 or set(imported) - {"model", "checkpoint"}
+                                 or not isinstance(imported.get("checkpoint", ""), str)):
+        raise _fail(f"{where}.imported ('{name}')",
+                    f"must be {{\"model\": NAME, \"checkpoint\": NAME (optional)}}, got {imported!r}")
     return PaperRow(name=name, match=match, published={k: published[k] for k in keys},
-                    note=_as_text(data.get("note"), f"{where}.note"), published_notes=dict(notes))
+                    note=_as_text(data.get("note"), f"{where}.note"), published_notes=dict(notes),
+                    imported=None if imported is None else dict(imported))
 
 
 def _parse_columns(data: Any, where: str) -> tuple[PaperColumn, ...]:
@@ -624,8 +632,32 @@ def _legend(paper: Paper) -> str:
     )
 
 
+def _imported_for(row: PaperRow, imported: Sequence[Mapping[str, Any]]) -> tuple[list[dict], list[str]]:
+    """The imported record that regenerates ``row`` (its declared model and checkpoint), and notes."""
+    if row.imported is None:
+        return [], []
+    same = [dict(r) for r in imported if (r.get("imported") or {}).get("model") == row.imported["model"]]
+    want = row.imported.get("checkpoint")
+    chosen = [r for r in same if want is None or (r.get("imported") or {}).get("checkpoint") == want]
+    notes = []
+    if not chosen and same:
+        have = ", ".join(sorted({str((r.get("imported") or {}).get("checkpoint")) for r in same}))
+        notes.append(f"imported outputs of '{row.imported['model']}' are of checkpoint(s) {have}; the paper's choice is "
+                     f"{want}: import it with --checkpoint {row.imported['model']}={want}.")
+    if len(chosen) > 1:
+        notes.append(f"{len(chosen)} imports match '{row.name}'; shown: {chosen[0].get('path')}.")
+    return chosen[:1], notes
+
+
+def _imported_legend(imported: Sequence[Mapping[str, Any]]) -> str:
+    sources = sorted({f"{(r.get('imported') or {}).get('repository')} @ {(r.get('imported') or {}).get('commit')} "
+                      f"({(r.get('imported') or {}).get('format')} format)" for r in imported})
+    return ("*imported* = regenerated: the published per-sample outputs re-scored by this harness's metrics "
+            "(`harness import`), never their publishers' aggregates; source: " + ("; ".join(sources) or "none imported yet") + ".")
+
+
 def _section(table: PaperTable, model: str | None, records: Sequence[Mapping[str, Any]], link_base: str | None,
-             published: str = "paper") -> str:
+             published: str = "paper", imported: Sequence[Mapping[str, Any]] = ()) -> str:
     heading = f"## {table.title} — {model}" if model else f"## {table.title} — no matching records"
     intro = [f"Benchmark `{table.benchmark}`."]
     if table.model_note:
@@ -639,6 +671,10 @@ def _section(table: PaperTable, model: str | None, records: Sequence[Mapping[str
     if filters:
         intro.append(f"Records considered: {', '.join(filters)}.")
     intro.extend(table.notes)
+    source_label = published   # (the loop below reuses the name for each published value)
+    regenerate = any(row.imported is not None for row in table.rows)
+    if regenerate:
+        intro.append(_imported_legend(imported))
 
     numbers: dict[str, int] = {}
 
@@ -650,8 +686,12 @@ def _section(table: PaperTable, model: str | None, records: Sequence[Mapping[str
                 out.append(numbers[note])
         return ",".join(_superscript(n) for n in out)
 
-    headers = ["Row", "Harness run", *(h for c in table.columns for h in c.headers(published)), "Seed(s)"]
-    align = ["left", "left", *("right" for _ in table.columns for _ in range(3)), "right"]
+    def column_headers(c: PaperColumn) -> list[str]:
+        ours, pub, delta = c.headers(published)
+        return [ours, pub, delta, f"{c.label} imported"] if regenerate else [ours, pub, delta]
+
+    headers = ["Row", "Harness run", *(h for c in table.columns for h in column_headers(c)), "Seed(s)"]
+    align = ["left", "left", *("right" for c in table.columns for _ in column_headers(c)), "right"]
     body = []
     for row in table.rows:
         if row.match is None:
@@ -664,6 +704,8 @@ def _section(table: PaperTable, model: str | None, records: Sequence[Mapping[str
         if others:
             notes.append(_ambiguity_note(row.name, chosen, others))
         notes += _status_notes(chosen)
+        regenerated, import_notes = _imported_for(row, imported)
+        notes += import_notes
         if chosen and link_base is not None and chosen[0].get("path"):
             label = f"[{_label(row.name)}]({_link_target(link_base + str(chosen[0]['path']))})"
         else:
@@ -676,6 +718,12 @@ def _section(table: PaperTable, model: str | None, records: Sequence[Mapping[str
             if c.key in row.published_notes:
                 paper += mark([row.published_notes[c.key]])
             cells += [_cell(ours.text), _cell(paper), _delta(c, ours.value, published)]
+            if regenerate:
+                again = _ours(regenerated, c) if regenerated else _Ours("not declared" if row.imported is None else "not imported", None)
+                if again.value is not None and published is not None and c.fmt(again.value) != c.fmt(published):
+                    again.text += mark([f"{row.name} {c.label}: the published outputs re-scored give {c.fmt(again.value)}, "
+                                        f"the {source_label} value is {c.fmt(published)}."])
+                cells.append(_cell(again.text))
         seeds = ", ".join(_cell(_text(r.get("seed"))) or "?" for r in chosen)
         cells.append(seeds or NO_DIFF)
         body.append(cells)
@@ -703,13 +751,15 @@ def render_paper_table(paper: Paper, records: Sequence[Mapping[str, Any]], link_
     if paper.notes:
         parts.append("\n".join(f"- {_cell(n)}" for n in paper.notes))
     for table in paper.tables:
-        mine = [r for r in finished if r.get("benchmark") == table.benchmark and table.where.accepts(r)]
+        mine = [r for r in finished if r.get("benchmark") == table.benchmark and table.where.accepts(r)
+                and r.get("kind") != "imported"]
+        imported = [r for r in finished if r.get("benchmark") == table.benchmark and r.get("kind") == "imported"]
         models = sorted({_text(r.get("model")) or "?" for r in mine})
         if not models:
-            parts.append(_section(table, None, [], link_base, paper.published_label))
+            parts.append(_section(table, None, [], link_base, paper.published_label, imported))
         for model in models:
             parts.append(_section(table, model, [r for r in mine if (_text(r.get("model")) or "?") == model],
-                                  link_base, paper.published_label))
+                                  link_base, paper.published_label, imported))
     return "\n\n".join(parts) + "\n"
 
 

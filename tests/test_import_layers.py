@@ -136,6 +136,9 @@ def test_every_module_of_harness_sits_in_a_stage_folder():
     ("harness.scoring", "harness.run"), ("harness.scoring", "harness.training"), ("harness.scoring", "harness.engines"),
     ("harness.engines", "harness.run"), ("harness.training", "harness.run"), ("harness.data", "harness.engines"),
     ("harness.data", "harness.training"), ("harness.run", "harness.cli"),
+    # importers sit beside run: scoring, data, engines and training never reach them, nor do they reach the CLI
+    ("harness.scoring", "harness.imports"), ("harness.data", "harness.imports"), ("harness.engines", "harness.imports"),
+    ("harness.training", "harness.imports"), ("harness.imports", "harness.cli"), ("harness.imports", "harness.run.runner"),
 ])
 def test_a_lower_stage_never_imports_a_higher_one(lower, upper):
     graph = import_graph()
