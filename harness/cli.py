@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--json", action="store_true", help="also write LEADERBOARD.json (same rows and values) next to it")
     lb.add_argument("--plots", action="store_true",
                     help="also write <results-dir>/plots/*.png|svg (needs matplotlib) and link them under a Plots section")
+    lb.add_argument("--include-random", action="store_true",
+                    help="also list records made with random:<architecture> models (random weights: speed figures only)")
     _common(lb)
 
     bn = sub.add_parser("bench", help="figures: evaluation vs a naive baseline, one training step per method, memory")
@@ -290,11 +292,11 @@ def cmd_leaderboard(args) -> int:
         from harness.leaderboard.plots import require_matplotlib
 
         require_matplotlib()  # before anything is written
-    path = render_results(args.results_dir)
+    path = render_results(args.results_dir, include_random=args.include_random)
     if args.csv or args.json or args.plots:
         from harness.leaderboard.export import leaderboard_inputs, write_exports
 
-        records, columns = leaderboard_inputs(args.results_dir)
+        records, columns = leaderboard_inputs(args.results_dir, include_random=args.include_random)
         for written in write_exports(records, columns, path.parent, csv=args.csv, json_=args.json):
             print(f"export: {written}")
         if args.plots:

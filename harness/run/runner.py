@@ -45,8 +45,8 @@ from harness.run.prepare import prepare
 from harness.registry import BENCHMARKS, METHODS
 from harness.run.results import (
     FINISHED,
-    SHOWN,
     config_id,
+    leaderboard_records,
     ensure_inside,
     finished_record,
     git_commit,
@@ -624,11 +624,17 @@ def one_line_summary(record: dict, columns, path: Path) -> str:
     return line
 
 
-def render_results(results_dir: Path, log=print) -> Path:
-    """Re-render ``<results>/LEADERBOARD.md`` from the stored records alone."""
+def render_results(results_dir: Path, log=print, include_random: bool = False) -> Path:
+    """Re-render ``<results>/LEADERBOARD.md`` from the stored records alone (records made with
+    ``random:`` models only with ``include_random``)."""
     from harness.leaderboard.markdown import write_leaderboard
 
-    records = [r for r in load_records(results_dir, log) if r.get("status") in SHOWN]
+    stored = load_records(results_dir, log)
+    records = leaderboard_records(stored, include_random)
+    left_out = len(leaderboard_records(stored, True)) - len(records)
+    if left_out:
+        log(f"leaderboard: {left_out} record(s) made with random weights (random:<architecture>) left out; "
+            f"`harness leaderboard --include-random` lists them")
     columns = {name: list(cls.columns) for name, cls in BENCHMARKS.items()}
     path = Path(results_dir) / "LEADERBOARD.md"
     write_leaderboard(records, columns, path)
