@@ -40,7 +40,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--benchmark", required=True, help="benchmark name (see `harness list benchmarks`)")
     p.add_argument("--model", default="smollm2-135m",
-                   help="base model: alias (smollm2-135m, tiny-random), local folder or hub id (default: smollm2-135m)")
+                   help="base model: alias (smollm2-135m, tiny-random), random:<tiny|135m|1b|7b> (random weights), local folder or hub id (default: smollm2-135m)")
     p.add_argument("--data-dir", type=Path, help="local folder with the benchmark's files (offline)")
     p.add_argument("--seed", type=int, default=0, help="seed for training order, pairing and initialisation")
     p.add_argument("--limit", type=int, help="use only the first N items of every split (quick runs)")

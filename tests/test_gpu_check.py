@@ -106,3 +106,11 @@ def test_work_counts_match_a_hand_count():
     # a step with no reference: 3 forwards at 1 FLOP/s plus 10 weights x 2 bytes x 4 tensors x 2 (read, write) at 1 B/s
     assert workload.training_step_bound(shape, 6, 3, 0, 2, 1.0, 1.0) == 3 * 672 + 160
     assert len(workload.forget_examples(3, 40)[0].answer) == 33 and workload.text(1, 50) == workload.text(1, 50)
+
+
+def test_a_failed_launch_is_reported_by_the_ranks_error_not_the_launchers_summary():
+    output = ("Traceback (most recent call last):\n  File \"x.py\", line 3\n"
+              "torch.distributed.DistBackendError: NCCL error: invalid usage, Duplicate GPU detected\n"
+              "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \nharness.bench.distributed_step FAILED\n")
+    assert gpu_check._last_error(output).startswith("torch.distributed.DistBackendError: NCCL error")
+    assert gpu_check._last_error("") == "no output"

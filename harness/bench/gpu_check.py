@@ -28,6 +28,7 @@ import copy
 import json
 import os
 import platform
+import re
 import signal
 import socket
 import statistics
@@ -400,8 +401,10 @@ def _free_port() -> int:
 def _last_error(text: str) -> str:
     """The last line that names an error in a launcher's output (the reason a launch failed)."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    errors = [line for line in lines if "Error" in line or "error" in line]
-    return (errors or lines or ["no output"])[-1][:400]
+    raised = [line for line in lines if re.match(r"^[\w.]*(Error|Exception|Warning)\b.*:", line)
+              and "ChildFailedError" not in line]   # a rank's exception, not the launcher's summary of it
+    errors = [line for line in lines if "rror" in line]
+    return (raised or errors or lines or ["no output"])[-1][:400]
 
 
 def parse_args(argv: list[str] | None):
