@@ -50,6 +50,7 @@ def test_dry_run_gives_every_figure_without_rouge_or_datasets(tmp_path):
         assert f["tokens_per_step"] == 4 * 64 and f["policy_forwards"] == 1   # global batch 4 of 64-token items, one micro-batch
     ev = parts["evaluation"]
     assert ev["generation"]["texts_returned"] == 8 and _positive(ev["generation"]["tokens_per_s"])
+    assert 8 <= ev["generation"]["tokens_generated"] <= ev["generation"]["new_tokens_budget"] == 8 * 8
     assert ev["logprobs"]["tokens"] == 16 * 64 and _positive(ev["logprobs"]["fraction_of_bound"])
     dec = parts["decoding"]
     assert all(_positive(dec[k]) for k in ("copy_bandwidth_gb_s", "ms_per_step", "streamed_gb_s", "fraction_of_bound"))

@@ -244,9 +244,15 @@ class Check:
         engine.logprobs(scored[:2])
         reset_peak_memory(self.device)
         _sync(self.device)
+        rows: list[int] = []   # each call of the output head during generation yields one token per row
+        counting = loaded.model.get_output_embeddings().register_forward_pre_hook(
+            lambda module, args: rows.append(int(args[0].shape[0])))
         began = time.perf_counter()
-        texts = engine.generate(gen)
-        _sync(self.device)
+        try:
+            texts = engine.generate(gen)
+            _sync(self.device)
+        finally:
+            counting.remove()
         gen_s = time.perf_counter() - began
         gen_peak = peak_memory_mb(self.device)
         reset_peak_memory(self.device)
@@ -255,22 +261,25 @@ class Check:
         _sync(self.device)
         lp_s = time.perf_counter() - began
         lp_peak = peak_memory_mb(self.device)
-        # Random weights rarely emit EOS (1 in the vocabulary per step), so nearly every request
-        # decodes its whole budget; the count below is that budget, an upper bound of the tokens.
-        gen_tokens = s.gen_requests * s.gen_tokens
+        # Counted, not read back from the texts: random weights mostly emit ids the byte-level
+        # tokenizer cannot spell, so the texts are short or empty; EOS (1 id in the vocabulary)
+        # rarely ends a row, so the count is near the budget of requests x new tokens.
+        gen_tokens = sum(rows)
         lp_tokens = s.logprob_requests * s.logprob_length
         batches = -(-s.gen_requests // s.eval_batch)
         gen_bound = (workload.generation_bound(shape, batches, s.gen_prompt, s.gen_tokens, element, self.bandwidth)
                      + workload.generation_cache_bytes(shape, s.gen_requests, s.gen_prompt, s.gen_tokens) / self.bandwidth)
         lp_bound = workload.logprob_bound(shape, lp_tokens, s.logprob_length, self.flops)
-        self.out(f"[evaluation] generation: {s.gen_requests} requests x {s.gen_tokens} tokens (batch {s.eval_batch}) "
+        self.out(f"[evaluation] generation: {s.gen_requests} requests, {gen_tokens} of {s.gen_requests * s.gen_tokens} "
+                 f"budgeted tokens generated (batch {s.eval_batch}) "
                  f"in {gen_s:.2f} s, {gen_tokens / gen_s:.0f} tok/s, peak {gen_peak:.0f} MiB; bound {gen_bound:.3g} s "
                  f"({100 * gen_bound / gen_s:.1f}% of the bandwidth limit)")
         self.out(f"[evaluation] log-probs: {s.logprob_requests} texts x {s.logprob_length} tokens in {lp_s:.2f} s, "
                  f"{lp_tokens / lp_s:.0f} tok/s, peak {lp_peak:.0f} MiB; bound {lp_bound:.3g} s "
                  f"({100 * lp_bound / lp_s:.1f}% of the matrix-rate limit)")
         return {"model": s.model,
-                "generation": {"requests": s.gen_requests, "new_tokens_budget": gen_tokens, "seconds": round(gen_s, 3),
+                "generation": {"requests": s.gen_requests, "new_tokens_budget": s.gen_requests * s.gen_tokens,
+                               "tokens_generated": gen_tokens, "seconds": round(gen_s, 3),
                                "tokens_per_s": round(gen_tokens / gen_s, 1), "peak_memory_mib": round(gen_peak),
                                "texts_returned": len(texts), "bound_s": gen_bound, "fraction_of_bound": _fraction(gen_bound, gen_s)},
                 "logprobs": {"texts": s.logprob_requests, "tokens": lp_tokens, "seconds": round(lp_s, 3),
