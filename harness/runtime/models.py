@@ -90,7 +90,7 @@ def load_model(spec: str, device: torch.device | None = None, trust_remote_code:
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec:
         raise HarnessError(
             f"model path '{spec}' does not exist. Pass an existing folder, a hub id (online), "
-            f"or one of the built-in aliases: {', '.join(ALIASES)} (or random:<architecture>, random weights)."
+            f"or one of the built-in aliases: {', '.join(ALIASES)}."
         )
     return LoadedModel(*_from_hub(spec, device, dtype, trust_remote_code), spec, f"hub:{spec}")
 
