@@ -40,7 +40,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--benchmark", required=True, help="benchmark name (see `harness list benchmarks`)")
     p.add_argument("--model", default="smollm2-135m",
-                   help="base model: alias (smollm2-135m, tiny-random), local folder or hub id (default: smollm2-135m)")
+                   help="base model: alias (smollm2-135m, tiny-random), random:<tiny|135m|1b|7b> (random weights), local folder or hub id (default: smollm2-135m)")
     p.add_argument("--data-dir", type=Path, help="local folder with the benchmark's files (offline)")
     p.add_argument("--seed", type=int, default=0, help="seed for training order, pairing and initialisation")
     p.add_argument("--limit", type=int, help="use only the first N items of every split (quick runs)")
@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also write <results-dir>/plots/*.png|svg (needs matplotlib) and link them under a Plots section")
     lb.add_argument("--html", action="store_true",
                     help="also write LEADERBOARD.html: one self-contained page (sortable, filterable, plots inline)")
+    lb.add_argument("--include-random", action="store_true",
+                    help="also list records made with random:<architecture> models (random weights: speed figures only)")
     _common(lb)
 
     bn = sub.add_parser("bench", help="figures: evaluation vs a naive baseline, one training step per method, memory")
@@ -307,11 +309,11 @@ def cmd_leaderboard(args) -> int:
         from harness.leaderboard.plots import require_matplotlib
 
         require_matplotlib()  # before anything is written
-    path = render_results(args.results_dir)
+    path = render_results(args.results_dir, include_random=args.include_random)
     if args.csv or args.json or args.plots or args.html:
         from harness.leaderboard.export import leaderboard_inputs, write_exports
 
-        records, columns = leaderboard_inputs(args.results_dir)
+        records, columns = leaderboard_inputs(args.results_dir, include_random=args.include_random)
         for written in write_exports(records, columns, path.parent, csv=args.csv, json_=args.json):
             print(f"export: {written}")
         files = []

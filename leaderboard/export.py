@@ -180,14 +180,15 @@ def write_exports(records: Sequence[Mapping[str, Any]], columns: Mapping[str, Se
     return written
 
 
-def leaderboard_inputs(results_dir: str | os.PathLike, warn=None) -> tuple[list[dict], dict[str, list[Column]]]:
+def leaderboard_inputs(results_dir: str | os.PathLike, warn=None,
+                       include_random: bool = False) -> tuple[list[dict], dict[str, list[Column]]]:
     """The records a leaderboard shows (finished and failed) and the registered benchmarks' columns, as ``render_results`` uses them.
 
     ``warn`` (default: silent) receives the messages about unreadable records.
     """
     from harness.registry import BENCHMARKS
-    from harness.run.results import SHOWN, load_records
+    from harness.run.results import leaderboard_records, load_records
 
-    records = [r for r in load_records(Path(results_dir), warn or (lambda _msg: None)) if r.get("status") in SHOWN]
+    records = leaderboard_records(load_records(Path(results_dir), warn or (lambda _msg: None)), include_random)
     columns = {name: list(cls.columns) for name, cls in BENCHMARKS.items()}
     return records, columns

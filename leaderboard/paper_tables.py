@@ -767,11 +767,11 @@ def write_paper_table(paper: Paper, results_dir: str | os.PathLike, out: str | o
                       warn=print) -> Path:
     """Render from the records under ``results_dir``; write atomically to ``out``
     (default ``<results_dir>/tables/<name>.md``); return the path written."""
-    from harness.run.results import atomic_write_text, load_records
+    from harness.run.results import atomic_write_text, load_records, made_with_random_weights
 
     results_dir = Path(results_dir)
     target = Path(out) if out is not None else results_dir / "tables" / f"{paper.name}.md"
-    records = load_records(results_dir, warn)
+    records = [r for r in load_records(results_dir, warn) if not made_with_random_weights(r)]
     link_base = os.path.relpath(results_dir.resolve(), target.resolve().parent).replace(os.sep, "/")
     link_base = "" if link_base == "." else link_base + "/"
     atomic_write_text(target, render_paper_table(paper, records, link_base=link_base))

@@ -25,6 +25,18 @@ FINISHED = ("ok", "diverged")
 SHOWN = (*FINISHED, "failed")   # the statuses a leaderboard lists (a failed cell as a failed row)
 
 
+def made_with_random_weights(record: dict[str, Any]) -> bool:
+    """A record of a ``random:<architecture>`` model (speed figures only): its scores mean nothing."""
+    from harness.runtime.random_models import PREFIX, RANDOM_SOURCE
+
+    return str(record.get("model") or "").startswith(PREFIX) or str(record.get("model_source") or "").startswith(RANDOM_SOURCE)
+
+
+def leaderboard_records(records: list[dict[str, Any]], include_random: bool = False) -> list[dict[str, Any]]:
+    """The records a leaderboard lists: shown statuses, and none made with random weights unless asked."""
+    return [r for r in records if r.get("status") in SHOWN and (include_random or not made_with_random_weights(r))]
+
+
 def slug(text: str) -> str:
     """A file-system-safe name for a model spec or hub id."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip("/").replace("/", "__")) or "model"

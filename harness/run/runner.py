@@ -39,14 +39,16 @@ from harness.engines.factory import EvalEngines, default_engine, resolve_engine
 from harness.errors import HarnessError
 from harness.engines.cache import EvalCache
 from harness.engines.plan import run_plan
+from harness.runtime.random_models import RANDOM_SOURCE, is_random_spec
+from harness.runtime.random_models import source_text as random_source
 from harness.runtime.models import SMOLLM2_ALIAS, cache_root, fingerprint, load_model, pick_device, portable_path, smollm2_folder
 from harness.methods.base import NEEDS_RETAIN
 from harness.run.prepare import prepare
 from harness.registry import BENCHMARKS, METHODS
 from harness.run.results import (
     FINISHED,
-    SHOWN,
     config_id,
+    leaderboard_records,
     ensure_inside,
     finished_record,
     git_commit,
@@ -248,6 +250,14 @@ class Runner:
                            self.utility_key)
         return (["retain"] if has_retain else []) + ["target", *self.methods]
 
+    def _model_source(self, loaded) -> str:
+        """The record's ``model_source``; a model grown from ``random:`` weights (a prepared target,
+        say) says so first, whatever folder it was loaded from (leaderboards leave those out)."""
+        source = portable_path(loaded.source)
+        if is_random_spec(self.req.model) and not source.startswith(RANDOM_SOURCE):
+            return f"{random_source(self.req.model, 0)}; loaded from {source}"
+        return source
+
     def cell_path(self, name: str) -> Path:
         """Where cell ``name``'s record (and its claim) lives, without running anything."""
         resolved = {**self._base_config(reference=True), "role": name} if name in ("retain", "target") else self._method_resolved(name)
@@ -398,7 +408,7 @@ class Runner:
             started = time.perf_counter()
             out["attacks"] = self.attacks.reference_stage(role, loaded, self._evaluate_on, out)
             out["timings"]["attacks_s"] = round(time.perf_counter() - started, 3)
-        out.update({"status": "ok", "model_source": portable_path(loaded.source), "training": None})
+        out.update({"status": "ok", "model_source": self._model_source(loaded), "training": None})
         return out
 
     def _unlearn(self, method, train_cfg: TrainConfig, target_spec, reference, resolved) -> dict:
@@ -451,7 +461,7 @@ class Runner:
         if per_epoch is not None:
             out["epochs"] = per_epoch.summary(result.losses, steps_per_epoch, total)
             out["timings"]["per_epoch_eval_s"] = per_epoch.eval_s
-        out.update({"status": result.status, "model_source": portable_path(loaded.source), "training": result.summary()})
+        out.update({"status": result.status, "model_source": self._model_source(loaded), "training": result.summary()})
         out["truncated"] = {**out["truncated"], "train": train_cut}
         out["timings"]["train_s"] = round(result.seconds, 3)
         if saved is not None:
@@ -634,11 +644,17 @@ def one_line_summary(record: dict, columns, path: Path) -> str:
     return line
 
 
-def render_results(results_dir: Path, log=print) -> Path:
-    """Re-render ``<results>/LEADERBOARD.md`` from the stored records alone."""
+def render_results(results_dir: Path, log=print, include_random: bool = False) -> Path:
+    """Re-render ``<results>/LEADERBOARD.md`` from the stored records alone (records made with
+    ``random:`` models only with ``include_random``)."""
     from harness.leaderboard.markdown import write_leaderboard
 
-    records = [r for r in load_records(results_dir, log) if r.get("status") in SHOWN]
+    stored = load_records(results_dir, log)
+    records = leaderboard_records(stored, include_random)
+    left_out = len(leaderboard_records(stored, True)) - len(records)
+    if left_out:
+        log(f"leaderboard: {left_out} record(s) made with random weights (random:<architecture>) left out; "
+            f"`harness leaderboard --include-random` lists them")
     columns = {name: list(cls.columns) for name, cls in BENCHMARKS.items()}
     path = Path(results_dir) / "LEADERBOARD.md"
     write_leaderboard(records, columns, path)

