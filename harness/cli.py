@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -47,8 +49,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. train.lr=1e-5, graddiff.alpha=2, benchmark.num_forget=3, eval.batch_size=8")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--threads", type=int, default=0, metavar="N",
-                   help="CPU threads for torch (default: OMP_NUM_THREADS if set, else the free cores: "
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for torch, at least 1 (default: OMP_NUM_THREADS if set, else the free cores: "
                         "CPU affinity and cgroup quota less the current load)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
     p.add_argument("--no-eval-cache", dest="eval_cache", action="store_false",
@@ -290,6 +292,9 @@ def cmd_leaderboard(args) -> int:
         from harness.leaderboard.plots import require_matplotlib
 
         require_matplotlib()  # before anything is written
+    from harness.run.validation import check_writable
+
+    check_writable(args.results_dir, "results directory", "--results-dir")   # LEADERBOARD.md is written there
     path = render_results(args.results_dir)
     if args.csv or args.json or args.plots:
         from harness.leaderboard.export import leaderboard_inputs, write_exports
@@ -338,13 +343,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     quiet_libraries()
+    previous = _exit_on_sigterm()
     try:
-        if getattr(args, "threads", None) is not None:   # verbs that compute
-            if args.threads < 0:
-                raise HarnessError(f"--threads must be a positive number of threads (or 0 for the default), got {args.threads}.")
+        if hasattr(args, "threads"):   # verbs that compute
+            if args.threads is not None and args.threads < 1:
+                raise HarnessError(f"--threads must be at least 1, got {args.threads}; leave --threads out for the "
+                                   "default (OMP_NUM_THREADS if set, else the free cores).")
             from harness.runtime import threads
 
-            threads.apply(args.threads or None)
+            threads.apply(args.threads)
         load_plugins(args.plugin)
         return COMMANDS[args.verb](args)
     except HarnessError as exc:
@@ -353,6 +360,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         print(interrupted_message(exc.records if isinstance(exc, Interrupted) else []), file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm():
+    """SIGTERM (kill, a scheduler's time limit) exits through Python, so claims are released on the way out.
+
+    Python's default ends the process at once, leaving the cell's ``.claim`` behind. Returns the
+    previous handler (None where a handler cannot be set: outside the main thread).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, stop)
 
 
 class Interrupted(KeyboardInterrupt):

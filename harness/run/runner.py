@@ -116,6 +116,8 @@ class Runner:
                 f"data directory '{req.data_dir}' does not exist; pass the folder that holds the benchmark's files."
             )
         validation.check_limit(req.limit)
+        validation.check_seed(req.seed)
+        validation.check_model_specs(req)
         self.bench_cls = BENCHMARKS.get(req.benchmark)
         self.methods = resolve_methods(req.methods)
         self.method_cls = {m: METHODS.get(m) for m in self.methods}
@@ -125,6 +127,7 @@ class Runner:
             **{m: cls.Config for m, cls in self.method_cls.items()},
         }
         self.overrides = cfgmod.normalise_overrides(req.overrides, sections)
+        validation.check_data_dir_used(self.bench_cls, req.data_dir)
         self.bench = self.bench_cls(cfgmod.build(self.bench_cls.Config, "benchmark", [self.overrides]), req.data_dir, req.limit)
         self.eval_cfg = cfgmod.build(EvalConfig, "eval", [self.overrides])
         if self.eval_cfg.memory_budget_gb < 0:
@@ -152,8 +155,11 @@ class Runner:
         """The folders this run writes: checked writable before any model is loaded."""
         folders = {"results directory": (self.results_dir, "--results-dir")} if self.results_dir else {}
         if self.req.save_models:
-            folders["models directory"] = (self.req.models_dir or cache_root() / "unlearned", "--models-dir")
-        if not self.req.target and self.bench_cls.needs_prepared_target:
+            folders["models directory"] = ((self.req.models_dir, "--models-dir") if self.req.models_dir else
+                                           (cache_root() / "unlearned", "--models-dir (default $HARNESS_CACHE/unlearned)"))
+        uses_cache = (self.req.eval_cache or SMOLLM2_ALIAS in (self.req.model, self.req.target, self.req.retain)
+                      or (not self.req.target and self.bench_cls.needs_prepared_target))
+        if uses_cache:   # the evaluation cache, prepared models and the converted SmolLM2 live there
             folders["model cache"] = (cache_root(), "HARNESS_CACHE=<folder>")
         return folders
 
@@ -363,6 +369,8 @@ class Runner:
         try:
             record.update(work() if self.ranks.is_main or kind == "method" else {"status": "evaluated by the main process"})
         except (KeyboardInterrupt, HarnessError):
+            if self.ranks.is_main:
+                self.claims.release(path)   # the run stops here: leave no claim for the next run to trip on
             raise
         except Exception as exc:  # one failing cell must not lose the others
             record.update({"status": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
