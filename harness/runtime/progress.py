@@ -20,11 +20,11 @@ class LineProgress:
         self.stream = stream or sys.stderr
         self.n, self.postfix = 0, ""
         self.started = self.last = time.monotonic()
-        self.printed = False
+        self.printed, self.printed_n = False, 0
         self.with_postfix = False   # set_postfix follows each update (the training loop): print there
 
     def _print(self, state: str) -> None:
-        self.printed = True
+        self.printed, self.printed_n = True, self.n
         of = f"/{self.total}" if self.total else ""
         elapsed = time.monotonic() - self.started
         post = f", {self.postfix}" if self.postfix else ""
@@ -47,7 +47,7 @@ class LineProgress:
         self._maybe_print()
 
     def close(self) -> None:
-        if self.printed:
+        if self.printed and self.n != self.printed_n:   # a last "N/N done" line already said it
             self._print("finished")
 
     def __enter__(self):

@@ -153,6 +153,14 @@ def only_trainable(model: torch.nn.Module, trainable, method_name: str):
             p.requires_grad_(flag)
 
 
+EPOCH_LINES = 10   # at most about this many per-epoch lines per training run
+
+
+def epoch_worth_a_line(epoch: int, epochs: int, last: bool) -> bool:
+    """Every epoch's line when there are few; with many (finetune.epochs=300), every k-th and the last."""
+    return last or epoch + 1 == epochs or (epoch + 1) % max(1, math.ceil(epochs / EPOCH_LINES)) == 0
+
+
 def unpack_loss(method: UnlearningMethod, out: Any) -> tuple[torch.Tensor, dict]:
     """``method.loss`` returns (a scalar tensor with a graph, a dict of floats to log); anything else is named."""
     if (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], torch.Tensor) and out[0].numel() == 1
@@ -176,7 +184,7 @@ def check_answers_fit(tokenizer, splits: dict[str, list[Example]], max_length: i
         if empty:
             raise HarnessError(
                 f"max_length={max_length} leaves no answer token to train on for {len(empty)} of {len(items)} {split} "
-                f"items (the prompt alone fills it, e.g. '{prompt_text(empty[0].prompt)[:40]}'). Raise train.max_length "
+                f"items (the prompt alone fills it, e.g. '{prompt_text(empty[0].prompt)[:40].replace(chr(10), ' ')}'). Raise train.max_length "
                 "(finetune.max_length when preparing models); the prompts of this benchmark need more tokens."
             )
 
@@ -294,7 +302,7 @@ def run_loop(model: torch.nn.Module, method: UnlearningMethod, loop: Loop, extra
             if bar:
                 bar.update(1)
                 bar.set_postfix(loss=f"{step_loss:.4f}")
-        if log and result.losses:
+        if log and result.losses and epoch_worth_a_line(epoch, epochs, result.steps >= total):
             log(f"  {method.name} epoch {epoch + 1}/{epochs}: step {result.steps}/{total}, loss {result.losses[-1]:.4f}")
         ranks.sync_weights(trained, model)   # every epoch ends with ``model`` holding the trained weights
         if on_epoch_end and result.status != "diverged":
