@@ -215,3 +215,101 @@ def test_the_evaluation_passes_the_kv_cache_without_a_deprecation_warning(tiny):
         past = cache_of(out)
         model(input_ids=torch.tensor([[4]]), use_cache=True, **cache_kwarg(model, past))
     assert past is not None
+
+
+# --------------------------------------------------------------------------- noise and silence
+
+
+def test_a_warning_is_said_once_per_run(tmp_path, capsys):
+    """The training-truncation warning covers the same data for every method: one line, not one per cell."""
+    code = main([*QUICK[:2], "ga,npo", *QUICK[3:], "--results-dir", str(tmp_path), "--set", "train.max_length=64"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert out.count("warning: training: ") == 1 and "longer than train.max_length=64" in out
+    assert out.count("done synthetic/tiny-random/") == 4   # retain, target, ga, npo
+    assert "FutureWarning" not in out
+
+
+def test_many_epochs_print_about_ten_lines():
+    from harness.training.loop import epoch_worth_a_line
+
+    def shown(epochs):
+        return [e + 1 for e in range(epochs) if epoch_worth_a_line(e, epochs, False)]
+
+    assert shown(3) == [1, 2, 3]
+    assert shown(300) == list(range(30, 301, 30))
+    assert shown(7) == list(range(1, 8)) and shown(25) == [3, 6, 9, 12, 15, 18, 21, 24, 25]
+
+
+def test_a_progress_line_is_not_followed_by_a_duplicate_finished_line():
+    import io
+
+    from harness.runtime.progress import LineProgress
+
+    stream = io.StringIO()
+    bar = LineProgress(total=6, desc="generate", unit="req", every=0.0, stream=stream)
+    bar.update(6)
+    bar.close()
+    assert stream.getvalue().splitlines() == [stream.getvalue().splitlines()[0]]
+    assert "generate: 6/6 req done" in stream.getvalue()
+    stream = io.StringIO()
+    bar = LineProgress(total=6, desc="generate", unit="req", every=0.0, stream=stream)
+    bar.update(3)
+    bar.every = 1e9
+    bar.update(3)
+    bar.close()
+    assert [line.split(" (")[0] for line in stream.getvalue().splitlines()] == ["  generate: 3/6 req done",
+                                                                               "  generate: 6/6 req finished"]
+
+
+def test_not_computed_reasons_are_given_once_per_run():
+    from harness.run.runner import one_line_summary
+
+    record = {"benchmark": "b", "model": "m", "method": "ga", "seed": 0, "status": "ok", "aggregates": {},
+              "missing": {"es_f": "every gt was truncated away"}}
+    said: set[str] = set()
+    first = one_line_summary(record, [], Path("r.json"), said)
+    second = one_line_summary({**record, "method": "npo"}, [], Path("r.json"), said)
+    assert "not computed: es_f: every gt was truncated away" in first and "not computed" not in second
+
+
+def test_the_empty_generation_warning_names_its_cause():
+    from harness.benchmarks.base import degenerate_generations
+
+    (warning,) = degenerate_generations("qa_retain", ["", " "])
+    assert warning.startswith("2 of 2 'qa_retain' generations are empty: the model ended its answer at once")
+    assert "never fine-tuned on this benchmark's prompt format" in warning
+    assert degenerate_generations("qa_retain", ["", "Paris."]) == []
+
+
+def test_a_split_shorter_than_the_limit_is_stated():
+    from types import SimpleNamespace
+
+    from harness.run.validation import short_splits
+
+    bench = SimpleNamespace(limit=2, data_info=lambda: {"sizes": {"forget": 1, "retain": 2, "too_short": 1, "icl_forget": 1}})
+    assert short_splits(bench) == ["note: split 'forget' holds 1 item(s), fewer than --limit 2: it is scored on 1."]
+    assert short_splits(SimpleNamespace(limit=None, data_info=lambda: {"sizes": {"forget": 1}})) == []
+
+
+def test_eval_labels_its_row_as_evaluated_not_as_the_target(tmp_path, capsys):
+    assert main(["eval", "--benchmark", "synthetic", "--model", "tiny-random", "--limit", "1",
+                 "--results-dir", str(tmp_path), "--threads", "1"]) == 0
+    record = json.loads(next(tmp_path.glob("synthetic/tiny-random/target/*.json")).read_text())
+    assert record["row"] == "Evaluated: tiny-random"
+    board = (tmp_path / "LEADERBOARD.md").read_text()
+    assert "[Evaluated: tiny-random](" in board and "[Target](" not in board
+
+
+def test_privleak_against_the_published_auc_is_said_below_the_scores():
+    """harness eval on muse-news without --retain: PrivLeak comes from the published retrain AUC, and says so."""
+    from harness.run.runner import one_line_summary
+
+    record = {"benchmark": "muse-news", "model": "m", "method": "target", "seed": 0, "status": "ok", "aggregates": {},
+              "per_sample": {"privleak": [{"reference": "published MUSE-News retrain AUC (no evaluated retain model "
+                                                        "in this run)", "reference_auc": 0.4772}]}}
+    line = one_line_summary(record, [], Path("r.json"))
+    assert line.endswith("\n  PrivLeak against the published MUSE-News retrain AUC (no evaluated retain model in this "
+                         "run): AUC 0.4772")
+    evaluated = {**record, "per_sample": {"privleak": [{"reference": "evaluated retain model", "reference_auc": 0.5}]}}
+    assert "PrivLeak against" not in one_line_summary(evaluated, [], Path("r.json"))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import inspect
 import itertools
-import warnings
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -449,7 +449,7 @@ class HFEngine(TokenizedEngine):
                    "tokens and were scored only up to it.") if cut else ""
         if message and message not in _SAID:   # the same texts for every model of a run: said once
             _SAID.add(message)
-            warnings.warn(message, stacklevel=3)
+            print(f"warning: evaluation: {message}", file=sys.stderr, flush=True)   # one line, not a Python warning's two
 
     def _score_shared(self, shared: dict[tuple, list[int]], encoded, results: list, progress) -> None:
         """Batches of whole prompt groups (a group larger than a batch is split), by length."""
