@@ -151,7 +151,10 @@ def _progress():
 
 
 def _log(msg: str) -> None:
+    from harness.runtime.progress import note_output
+
     print(msg, flush=True)
+    note_output()   # progress lines stay quiet while the run itself is talking
 
 
 def cmd_list(args) -> int:

@@ -313,3 +313,20 @@ def test_privleak_against_the_published_auc_is_said_below_the_scores():
                          "run): AUC 0.4772")
     evaluated = {**record, "per_sample": {"privleak": [{"reference": "evaluated retain model", "reference_auc": 0.5}]}}
     assert "PrivLeak against" not in one_line_summary(evaluated, [], Path("r.json"))
+
+
+def test_a_progress_line_waits_while_the_run_itself_is_talking():
+    """With one step per epoch, 'train finetune: 2/6 step done' came at the same second as 'epoch 2/6'."""
+    import io
+
+    from harness.runtime.progress import LineProgress, note_output
+
+    stream = io.StringIO()
+    bar = LineProgress(total=6, desc="train finetune", unit="step", every=0.3, stream=stream)
+    time.sleep(0.35)
+    note_output()                  # the runner's epoch line
+    bar.update(1)
+    assert stream.getvalue() == ""
+    time.sleep(0.35)               # then silence for longer than `every`: the progress line speaks
+    bar.update(1)
+    assert stream.getvalue().startswith("  train finetune: 2/6 step done")

@@ -13,6 +13,14 @@ import sys
 import time
 
 
+_last_line = [time.monotonic()]   # when the run last printed any line (ours or the runner's log)
+
+
+def note_output() -> None:
+    """The run printed a line: a progress line within ``every`` seconds of it would say nothing new."""
+    _last_line[0] = time.monotonic()
+
+
 class LineProgress:
     def __init__(self, total: int | None = None, desc: str = "", unit: str = "it", every: float = 20.0,
                  stream=None, **_ignored):
@@ -25,6 +33,7 @@ class LineProgress:
 
     def _print(self, state: str) -> None:
         self.printed, self.printed_n = True, self.n
+        note_output()
         of = f"/{self.total}" if self.total else ""
         elapsed = time.monotonic() - self.started
         post = f", {self.postfix}" if self.postfix else ""
@@ -32,7 +41,7 @@ class LineProgress:
 
     def _maybe_print(self) -> None:
         now = time.monotonic()
-        if now - self.last >= self.every:
+        if now - max(self.last, _last_line[0]) >= self.every:
             self.last = now
             self._print("done")
 
