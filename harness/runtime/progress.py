@@ -3,8 +3,9 @@
 tqdm hides its bars when output is not a terminal (``make run | tee log``, CI), and a run then
 prints nothing while it fine-tunes or evaluates for minutes. ``LineProgress`` has the part of
 tqdm's interface the loop and the engine use (``update``, ``set_postfix``, ``close``) and prints
-one line every ``every`` seconds while a task runs, and one when such a task ends; a task shorter
-than that prints nothing (the runner's own lines already say what finished).
+a line when the run has printed nothing for ``every`` seconds (counted from the run's last line,
+its own or the runner's: a chain of short tasks is not silent either, and a line right after the
+runner's says nothing new), and one when such a task ends.
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ class LineProgress:
         self.total, self.desc, self.unit, self.every = total, desc, unit, every
         self.stream = stream or sys.stderr
         self.n, self.postfix = 0, ""
-        self.started = self.last = time.monotonic()
+        self.started = time.monotonic()
+        self.last = 0.0   # silence is counted from the run's last line (``_last_line``), not from this task's start
         self.printed, self.printed_n = False, 0
         self.with_postfix = False   # set_postfix follows each update (the training loop): print there
 
