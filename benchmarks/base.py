@@ -38,12 +38,13 @@ def degenerate_generations(name: str, texts: list[str]) -> list[str]:
     collapsed model (or a decoding fault), whose scores measure that answer's overlap with each reference.
     """
     empty = sum(1 for t in texts if not t.strip())
-    if texts and empty == len(texts):
-        return [f"all {len(texts)} '{name}' generations are empty: check the prompt format and stop strings "
-                "before reading these scores as forgetting."]
     if texts and empty * 2 > len(texts):
-        return [f"{empty} of {len(texts)} '{name}' generations are empty: check the prompt format and stop strings "
-                "before reading these scores as forgetting."]
+        count = f"all {empty}" if empty == len(texts) else f"{empty} of {len(texts)}"
+        return [f"{count} '{name}' generations are empty: the model ended its answer at once (EOS "
+                "first, or a line break under a newline stop). A model never fine-tuned on this benchmark's prompt "
+                "format does that (SmolLM2-Instruct, outside its chat template, answers a plain 'Question: ... Answer:' "
+                "with <|im_end|> or a line break); otherwise check the prompt format and stop strings before reading "
+                "these scores as forgetting."]
     distinct = {" ".join(t.split()) for t in texts}
     if len(texts) > 1 and len(distinct) == 1:
         shown = next(iter(distinct))

@@ -102,6 +102,7 @@ from harness.benchmarks.base import Benchmark, Scores, degenerate_generations
 from harness.data.files import as_texts, read_records, read_texts, require_fields
 from harness.engines.base import GenerationRequest, LogprobRequest
 from harness.errors import HarnessError
+from harness.data.hub import hub_unreachable
 from harness.engines.plan import EvalPlan, PlanOutputs
 from harness.leaderboard.columns import Column
 from harness.registry import register_benchmark
@@ -296,6 +297,13 @@ class MuseNews(Benchmark):
         self._read.append(label)
 
     def _hub(self, subset: str, split: str) -> list[Any]:
+        unreachable = hub_unreachable()
+        if unreachable:
+            raise HarnessError(
+                f"benchmark 'muse-news' without --data-dir reads {HUB_ID} from the Hugging Face hub, but {unreachable}. "
+                "Pass --data-dir with a local copy in the hub's layout, e.g. --data-dir ../shared/data/muse-news "
+                "(README: Benchmarks)."
+            )
         try:
             from datasets import load_dataset
 

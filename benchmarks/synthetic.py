@@ -95,6 +95,7 @@ class Synthetic(Benchmark):
         "*": {"train.lr": 1e-4, "train.epochs": 2, "train.global_batch": 8, "train.micro_batch": 8},
         "sga": {"sga.K": 3},
     }
+    reads_files = False   # generated in code: --data-dir is refused rather than ignored
 
     def __init__(self, config=None, data_dir=None, limit=None):
         super().__init__(config, data_dir, limit)

@@ -88,6 +88,7 @@ from harness.benchmarks.base import Benchmark, Scores, degenerate_generations
 from harness.data.files import read_records, require_fields
 from harness.engines.base import GenerationRequest, LogprobRequest
 from harness.errors import HarnessError
+from harness.data.hub import hub_unreachable
 from harness.engines.plan import EvalPlan, PlanOutputs
 from harness.leaderboard.columns import Column
 from harness.registry import register_benchmark
@@ -505,6 +506,13 @@ def add_model_utility(agg: dict[str, float]) -> None:
 # --- online loading ------------------------------------------------------------------------
 def load_from_hub(name: str) -> list[dict[str, Any]]:
     """One TOFU split from the Hugging Face hub; any failure says how to run offline."""
+    unreachable = hub_unreachable()
+    if unreachable:
+        raise HarnessError(
+            f"benchmark 'tofu' without --data-dir reads {HUB_ID} from the Hugging Face hub, but {unreachable}. "
+            "Pass --data-dir with the local folder that holds the TOFU files, e.g. --data-dir ../shared/data/tofu "
+            "(README: Benchmarks)."
+        )
     try:
         import datasets
 

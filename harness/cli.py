@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -42,13 +44,13 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m",
                    help="base model: alias (smollm2-135m, tiny-random), random:<tiny|135m|1b|7b> (random weights), local folder or hub id (default: smollm2-135m)")
     p.add_argument("--data-dir", type=Path, help="local folder with the benchmark's files (offline)")
-    p.add_argument("--seed", type=int, default=0, help="seed for training order, pairing and initialisation")
+    p.add_argument("--seed", type=int, default=0, help="seed for training order, pairing and initialisation, 0 to 2**32-1 (default 0)")
     p.add_argument("--limit", type=int, help="use only the first N items of every split (quick runs)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. train.lr=1e-5, graddiff.alpha=2, benchmark.num_forget=3, eval.batch_size=8")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--threads", type=int, default=0, metavar="N",
-                   help="CPU threads for torch (default: OMP_NUM_THREADS if set, else the free cores: "
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for torch, at least 1 (default: OMP_NUM_THREADS if set, else the free cores: "
                         "CPU affinity and cgroup quota less the current load)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
     p.add_argument("--no-eval-cache", dest="eval_cache", action="store_false",
@@ -86,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="unlearn with each method, evaluate, write records and the leaderboard")
     _model_args(run)
-    run.add_argument("--methods", default="all", help="'all' or a comma list, e.g. ga,graddiff")
+    run.add_argument("--methods", default="all",
+                     help="'all' (the default: every registered method, see `harness list methods`) or a comma list, e.g. ga,graddiff")
     run.add_argument("--target", help="an existing target model (skips prepare); --model then only labels the rows")
     run.add_argument("--retain", help="an existing retain model for the reference row and per-item references")
     run.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS, help=RESULTS_HELP)
@@ -167,7 +170,10 @@ def _progress():
 
 
 def _log(msg: str) -> None:
+    from harness.runtime.progress import note_output
+
     print(msg, flush=True)
+    note_output()   # progress lines stay quiet while the run itself is talking
 
 
 def cmd_list(args) -> int:
@@ -252,8 +258,10 @@ def cmd_eval(args) -> int:
             retain_record = runner.reference_cell("retain", args.retain, None, summary)
             reference = retain_record.get("reference_values") if retain_record else None
         else:
-            print("note: no --retain model given; forget quality and PrivLeak need one and are left out.")
-        record = runner.reference_cell("target", args.model, reference, summary)
+            print("note: no --retain model given; scores that need one are left out (forget quality; PrivLeak, "
+                  "except where the benchmark publishes a retain AUC: MUSE-News uses it, said below its scores).")
+        # not "Target": that row is a run's fine-tuned target, and this may be any model (a base never fine-tuned)
+        record = runner.reference_cell("target", args.model, reference, summary, label=f"Evaluated: {Path(args.model).name or args.model}")
     except KeyboardInterrupt:
         raise Interrupted(summary.records) from None
     finally:
@@ -309,6 +317,9 @@ def cmd_leaderboard(args) -> int:
         from harness.leaderboard.plots import require_matplotlib
 
         require_matplotlib()  # before anything is written
+    from harness.run.validation import check_writable
+
+    check_writable(args.results_dir, "results directory", "--results-dir")   # LEADERBOARD.md is written there
     path = render_results(args.results_dir, include_random=args.include_random)
     if args.csv or args.json or args.plots or args.html:
         from harness.leaderboard.export import leaderboard_inputs, write_exports
@@ -392,13 +403,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     quiet_libraries()
+    previous = _exit_on_sigterm()
     try:
-        if getattr(args, "threads", None) is not None:   # verbs that compute
-            if args.threads < 0:
-                raise HarnessError(f"--threads must be a positive number of threads (or 0 for the default), got {args.threads}.")
+        if hasattr(args, "threads"):   # verbs that compute
+            if args.threads is not None and args.threads < 1:
+                raise HarnessError(f"--threads must be at least 1, got {args.threads}; leave --threads out for the "
+                                   "default (OMP_NUM_THREADS if set, else the free cores).")
             from harness.runtime import threads
 
-            threads.apply(args.threads or None)
+            threads.apply(args.threads)
         load_plugins(args.plugin)
         return COMMANDS[args.verb](args)
     except HarnessError as exc:
@@ -407,6 +420,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         print(interrupted_message(exc.records if isinstance(exc, Interrupted) else []), file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm():
+    """SIGTERM (kill, a scheduler's time limit) exits through Python, so claims are released on the way out.
+
+    Python's default ends the process at once, leaving the cell's ``.claim`` behind. Returns the
+    previous handler (None where a handler cannot be set: outside the main thread).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, stop)
 
 
 class Interrupted(KeyboardInterrupt):

@@ -195,6 +195,9 @@ def load_plugins(files: list[str]) -> None:
     """The built-ins, entry points and ``--plugin`` files; failures and overrides reported once, on stderr."""
     load_builtins()
     for f in files:
+        if not Path(f).is_file():   # asked for by name: going on without it would run something else
+            raise HarnessError(f"--plugin {f}: no such file; pass the path of a .py file that registers a method, "
+                               "benchmark or metric.")
         load_plugin_file(f)
     for label, reason in PLUGINS.unreported_failures().items():
         print(f"warning: {label} failed to load and was skipped: {reason}", file=sys.stderr)

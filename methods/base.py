@@ -125,6 +125,14 @@ class UnlearningMethod:
         """Needs can depend on the config (GradDiff's KL variant needs a reference model)."""
         return self.needs
 
+    def data_problem(self, forget: list, retain: list | None) -> str | None:
+        """Why this method (with its config) cannot train on these items, or None when it can.
+
+        Checked before any model loads, so a setting that cannot work with the data (too few
+        retain items for SGA's K, say) is refused up front instead of failing after other cells.
+        """
+        return None
+
     def sharding_problem(self) -> str | None:
         """Why this method (with its config) cannot train an FSDP-sharded model, or None when it can.
 

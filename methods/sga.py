@@ -174,6 +174,15 @@ class SmoothedGradientAscent(UnlearningMethod):
             picks = [ctx.rng.sample(range(len(retain)), need) for _ in index]
         return [[retain[p[k]] for p in picks] for k in range(need)]
 
+    def data_problem(self, forget, retain) -> str | None:
+        from types import SimpleNamespace
+
+        try:
+            self._check_sources(SimpleNamespace(forget_examples=forget, retain_examples=retain or []))
+        except HarnessError as exc:
+            return str(exc)
+        return None
+
     def sharding_problem(self) -> str | None:
         if self.config.auto:
             return ("sga.r=auto takes gradients of its loss terms over the parameters inside the loss, which an "

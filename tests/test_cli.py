@@ -209,20 +209,16 @@ def test_method_needing_retain_on_a_benchmark_without_it(capsys, tmp_path):
                    "Leave it out of --methods, or use a method that needs forget data only (e.g. ga, npo, flat).")
 
 
-def test_method_whose_settings_do_not_fit_fails_its_cell_and_the_run_goes_on(tmp_path, capsys):
+def test_method_whose_settings_do_not_fit_the_data_is_refused_before_any_cell(tmp_path, capsys):
+    """Issue 25: SGA's K against too few retain items used to fail its cell after the others ran,
+    and the summary advised a re-run that failed the same way; now it is refused up front."""
     results = tmp_path / "results"
     code = main(["run", "--methods", "sga,ga", "--results-dir", str(results), *QUICK, "--set", "sga.K=50"])
-    assert code == 1
+    assert code == 2
     err = capsys.readouterr().err
-    assert "sga: MethodSettingsError: sga.normal_source=random with K=50 needs at least 49 retain items" in err
-    sga = json.loads(next(results.glob("synthetic/tiny-random/sga/*.json")).read_text())
-    assert sga["status"] == "failed" and "Lower sga.K or supply a larger retain split" in sga["error"]
-    ga = json.loads(next(results.glob("synthetic/tiny-random/ga/*.json")).read_text())
-    assert ga["status"] == "ok"
-    board = (results / "LEADERBOARD.md").read_text()
-    assert "[GA](" in board
-    assert "[SGA (failed)](synthetic/tiny-random/sga/" in board   # shown, not dropped (issue 14)
-    assert "failed: MethodSettingsError: sga.normal_source=random with K=50 needs at least 49 retain items" in board
+    assert err.startswith("error: method 'sga': sga.normal_source=random with K=50 needs at least 49 retain items")
+    assert "Lower sga.K or supply a larger retain split" in err and "Traceback" not in err
+    assert not list(results.glob("**/*.json"))   # refused before any model or cell
 
 
 def test_leaderboard_says_how_the_benchmark_was_cut_down(finished_run):

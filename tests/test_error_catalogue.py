@@ -90,6 +90,53 @@ def _plugin(tmp: Path, name: str, registered: str, body: str = "") -> Path:
     return path
 
 
+def _empty_folder(tmp: Path) -> Path:
+    folder = tmp / "empty-model"
+    folder.mkdir()
+    return folder
+
+
+def _gguf_folder(tmp: Path) -> Path:
+    """A config, a tokenizer and a fake model.gguf, but no safetensors weights."""
+    folder = tmp / "gguf-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "tokenizer.json").write_text("{}")
+    (folder / "model.gguf").write_bytes(b"GGUF not really")
+    return folder
+
+
+def _plugin_without_default(tmp: Path) -> Path:
+    path = tmp / "nodefault.py"
+    path.write_text(
+        "from dataclasses import dataclass\n"
+        "from harness.methods.ga import GradientAscent\n"
+        "from harness.registry import register_method\n\n\n"
+        "@dataclass\nclass Cfg:\n    strength: float\n\n\n"
+        "@register_method()\nclass NoDefault(GradientAscent):\n    name = 'nodefault'\n    Config = Cfg\n"
+    )
+    return path
+
+
+ISSUE_25 = [   # first contact, round 3: inputs that used to hang, crash or be believed
+    Case("`--seed -1`", lambda t: [*RUN, "--seed", "-1"]),
+    Case("`--seed 99999999999999999999999`", lambda t: [*RUN, "--seed", "99999999999999999999999"]),
+    Case("`--device banana`", lambda t: [*RUN, "--device", "banana"]),
+    Case("`--threads 0`", lambda t: [*RUN, "--threads", "0"]),
+    Case("`--results-dir` with a 300-character folder name", lambda t: [*RUN, "--results-dir", str(t / ("r" * 300))]),
+    Case("`--results-dir /proc/harness-results`", lambda t: [*RUN, "--results-dir", "/proc/harness-results"]),
+    Case("`--model` an empty folder", lambda t: [*RUN, "--model", str(_empty_folder(t))]),
+    Case("`--model` a folder with config, tokenizer and a fake `model.gguf`",
+         lambda t: [*RUN, "--model", str(_gguf_folder(t))]),
+    Case("`--plugin nosuch.py`", lambda t: [*RUN, "--plugin", "nosuch.py"]),
+    Case("`--set npo.beta=0.2` with `--methods ga`", lambda t: [*RUN[:-2], "--methods", "ga", "--set", "npo.beta=0.2"]),
+    Case("`--data-dir` with the synthetic benchmark", lambda t: [*RUN, "--data-dir", str(t)]),
+    Case("a plugin method whose `Config` has a field without a default",
+         lambda t: [*RUN[:-2], "--methods", "nodefault", "--plugin", str(_plugin_without_default(t))]),
+    Case("`--set sga.K=10 --limit 2` (fewer retain items than SGA's K-1 normal samples)",
+         lambda t: [*RUN[:-2], "--methods", "ga,sga", "--set", "sga.K=10", "--limit", "2"]),
+]
+
 CASES = [
     Case("`--limit 0`", lambda t: [*RUN, "--limit", "0"]),
     Case("`--limit -5`", lambda t: [*RUN, "--limit", "-5"]),
@@ -122,6 +169,7 @@ CASES = [
                     "--plugin", str(_plugin(t, "two.py", "twin", "    description = 'another'\n"))]),
     Case("`harness leaderboard --results-dir` that does not exist",
          lambda t: ["leaderboard", "--results-dir", str(t / "nothing")]),
+    *ISSUE_25,
 ]
 
 

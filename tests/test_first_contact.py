@@ -100,7 +100,7 @@ def test_truncation_is_counted_per_split_and_warned(edited_runs):
     listed = ", ".join(f"{n} of {name}" for name, n in sorted(cut.items()))
     assert (f"warning: evaluation: {sum(cut.values())} item(s) longer than eval.max_length=200 tokens were cut to it "
             f"({listed}); raise it with --set eval.max_length=N to score/train on whole texts.") in out
-    assert ("warning: training edited: 4 item(s) longer than train.max_length=200 tokens were cut to it "
+    assert ("warning: training: 4 item(s) longer than train.max_length=200 tokens were cut to it "
             "(2 of forget, 2 of retain); raise it with --set train.max_length=N to score/train on whole texts.") in out
 
 

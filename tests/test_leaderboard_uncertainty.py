@@ -145,9 +145,8 @@ def test_a_zero_loss_plugin_is_flagged_unchanged_and_weight_decay_alone_is_not_h
 def test_generations_all_empty_or_all_one_text_are_flagged():
     from harness.benchmarks.base import degenerate_generations
 
-    assert degenerate_generations("qa", ["", " \n"]) == [
-        "all 2 'qa' generations are empty: check the prompt format and stop strings before reading these scores "
-        "as forgetting."]
+    (empty,) = degenerate_generations("qa", ["", " \n"])
+    assert empty.startswith("all 2 'qa' generations are empty: the model ended its answer at once")
     same = degenerate_generations("qa", ["I don't know.", "I don't  know.", " I don't know."])
     assert len(same) == 1 and same[0].startswith("all 3 'qa' generations are the same text (\"I don't know.\")")
     assert degenerate_generations("qa", ["Paris", "Lyon", "Paris"]) == [] and degenerate_generations("qa", ["x"]) == []

@@ -222,6 +222,7 @@ def test_online_loads_the_hub_splits_and_wraps_failures(monkeypatch):
             return [{"question": "q", "answer": "a"}]
         return [{"text": f"{subset} {split} text"}]
 
+    monkeypatch.setattr(sys.modules[MuseNews.__module__], "hub_unreachable", lambda: None)   # the hub is "reachable"
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=fake_load))
     bench = MuseNews()
     info = bench.data_info()
@@ -300,3 +301,23 @@ def test_run_end_to_end_on_the_tiny_model(tmp_path):
     assert records["ga"]["aggregates"]["privleak_reference_auc"] == pytest.approx(records["retain"]["aggregates"]["auc_min_k"])
     assert records["ga"]["config"]["train"]["schedule"] == "constant" and records["ga"]["config"]["train"]["lr"] == 1e-5
     assert "stand-in data" in (tmp_path / "LEADERBOARD.md").read_text()
+
+
+def test_offline_without_data_dir_fails_at_once_and_names_the_local_copy(monkeypatch):
+    """Issue 25: offline, the error came after about 27 s of the datasets library's retries and did not
+    point at the local copy the README names."""
+    import time
+
+    def never(*args, **kwargs):
+        raise AssertionError("datasets was asked although the hub is known to be unreachable")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from harness.data import hub
+
+    hub.hub_unreachable.cache_clear()
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=never))
+    started = time.perf_counter()
+    with pytest.raises(HarnessError, match=r"HF_HUB_OFFLINE is set. Pass --data-dir .*--data-dir ../shared/data/muse-news"):
+        MuseNews()
+    assert time.perf_counter() - started < 5
+    hub.hub_unreachable.cache_clear()

@@ -41,6 +41,6 @@ def test_every_record_says_how_many_threads_and_why(tmp_path, monkeypatch):
 def test_negative_threads_or_memory_budget_is_a_clear_error(capsys, tmp_path):
     base = ["eval", "--benchmark", "synthetic", "--model", "tiny-random", "--limit", "1", "--results-dir", str(tmp_path)]
     assert main(base + ["--threads", "-2"]) == 2
-    assert "--threads must be a positive number" in capsys.readouterr().err
+    assert "--threads must be at least 1, got -2" in capsys.readouterr().err
     assert main(base + ["--set", "eval.memory_budget_gb=-1"]) == 2
     assert "eval.memory_budget_gb must be 0" in capsys.readouterr().err

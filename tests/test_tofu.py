@@ -199,6 +199,7 @@ def test_online_loading_goes_through_datasets_and_fails_with_the_offline_fix(mon
         calls.append((path, name, split))
         return files[name]
 
+    monkeypatch.setattr(sys.modules[Tofu.__module__], "hub_unreachable", lambda: None)   # the hub is "reachable"
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     bench = Tofu(None, None, limit=1)
     assert bench.data_info()["source"] == HUB_ID and calls[0] == (HUB_ID, "forget01_perturbed", "train")

@@ -11,8 +11,9 @@ pass over that prompt through its KV cache. A memory budget bounds every batch.
 from __future__ import annotations
 
 import copy
+import inspect
 import itertools
-import warnings
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,21 @@ from harness.data.batching import IGNORE, encode
 from harness.engines.base import GenerationRequest, LogprobRequest, TokenScores, TokenizedEngine
 from harness.errors import HarnessError
 
+
+
+_SAID: set[str] = set()   # context-length warnings already given in this process
+
+
+def cache_kwarg(model, cache) -> dict:
+    """The KV cache as a forward keyword: ``cache`` where transformers renamed ``past_key_values`` (5.x),
+    which otherwise warns (FutureWarning) on every forward call of every evaluation."""
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: cache}
+
+
+def cache_of(out):
+    """The KV cache a forward returned, under the field name this transformers uses (no deprecation warning)."""
+    return out.cache if "cache" in getattr(out, "__dataclass_fields__", {}) else out.past_key_values
 
 class StopOnStrings(StoppingCriteria):
     """Stop a row once its *generated* text contains a stop string.
@@ -166,14 +182,14 @@ class HFEngine(TokenizedEngine):
         positions alone (``_logits``); it is a fifth of a small model's per-token compute and
         most positions of a scored text are not scored. Other models give their full logits.
         """
-        kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=use_cache)
+        kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=use_cache, **cache_kwarg(self.model, past))
         if self.head_at_kept_positions:
             out = getattr(self.model, self.model.base_model_prefix)(**kwargs)
             features = out.last_hidden_state[keep]
         else:
             out = self.model(**kwargs)
             features = out.logits[keep]
-        return features, (out.past_key_values if use_cache else None)
+        return features, (cache_of(out) if use_cache else None)
 
     def _logits(self, features: torch.Tensor) -> torch.Tensor:
         return self.model.get_output_embeddings()(features) if self.head_at_kept_positions else features
@@ -281,7 +297,7 @@ class HFEngine(TokenizedEngine):
             ids = torch.tensor([prefix], device=self.device)
             run = getattr(self.model, self.model.base_model_prefix) if self.head_at_kept_positions else self.model
             caches.clear()   # batches come grouped by prefix: keep only the current one
-            caches[prefix] = run(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True).past_key_values
+            caches[prefix] = cache_of(run(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True))
         return caches[prefix]
 
     def _generate_group(self, prompts: list[list[int]], head: GenerationRequest, prefix: tuple = (), caches=None) -> list[str]:
@@ -299,13 +315,13 @@ class HFEngine(TokenizedEngine):
         for row, r in enumerate(rests):  # left padding of the rest: every prompt ends at the same column
             ids[row, n + width - len(r) :] = torch.tensor(r)
             mask[row, n + width - len(r) :] = 1
-        extra = {}
+        extra, cache = {}, None
         if n:
             cache = copy.deepcopy(self._prefix_cache(prefix, caches))
             cache.batch_repeat_interleave(len(prompts))
-            extra["past_key_values"] = cache
+            extra = cache_kwarg(self.model, cache)
         if self.drop_finished and plain_greedy(self.model):
-            rows = self._greedy(ids.to(self.device), mask.to(self.device), n, head, extra.get("past_key_values"))
+            rows = self._greedy(ids.to(self.device), mask.to(self.device), n, head, cache)
             return [self.decode(row, head) for row in rows]
         generated = self.model.generate(
             input_ids=ids.to(self.device),
@@ -353,14 +369,14 @@ class HFEngine(TokenizedEngine):
 
     def _last_logits(self, ids, mask, positions, cache):
         """Next-token logits (float32) at the last position, and the updated KV cache."""
-        kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+        kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **cache_kwarg(self.model, cache))
         if self.head_at_kept_positions:
             out = getattr(self.model, self.model.base_model_prefix)(**kwargs)
             logits = self.model.get_output_embeddings()(out.last_hidden_state[:, -1])
         else:
             out = self.model(**kwargs)
             logits = out.logits[:, -1]
-        return logits.float(), out.past_key_values
+        return logits.float(), cache_of(out)
 
     def _ends_in_stop(self, tail: list[int], stops: tuple[str, ...]) -> bool:
         text = self.tokenizer.decode(tail, skip_special_tokens=True)
@@ -429,9 +445,11 @@ class HFEngine(TokenizedEngine):
         """Say when a text that should be scored whole was cut at the model's context length."""
         cut = [i for i, r in enumerate(requests) if r.full_context and len(encoded[i][0]) >= self._limit(r)
                and len(encode(self.tokenizer, r.prompt, r.continuation, 10**9, r.add_eos)[0]) > self._limit(r)]
-        if cut:
-            warnings.warn(f"{len(cut)} text(s) are longer than the model's context of {self._limit(requests[cut[0]])} "
-                          "tokens and were scored only up to it.", stacklevel=3)
+        message = (f"{len(cut)} text(s) are longer than the model's context of {self._limit(requests[cut[0]])} "
+                   "tokens and were scored only up to it.") if cut else ""
+        if message and message not in _SAID:   # the same texts for every model of a run: said once
+            _SAID.add(message)
+            print(f"warning: evaluation: {message}", file=sys.stderr, flush=True)   # one line, not a Python warning's two
 
     def _score_shared(self, shared: dict[tuple, list[int]], encoded, results: list, progress) -> None:
         """Batches of whole prompt groups (a group larger than a batch is split), by length."""

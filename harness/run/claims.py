@@ -179,6 +179,10 @@ def claim_cell(claims: Claims, record: Path, finished: Callable[[], dict | None]
             return Outcome("claimed")
         if not wait:
             return Outcome("elsewhere", owner)
+        if owner.get("host") == socket.gethostname() and owner.get("pid") == os.getpid():
+            # our own claim, left by an earlier step of this process that failed: waiting would never end
+            claim_path(record).unlink(missing_ok=True)
+            continue
         if not announced:
             log(f"waiting for {record.name}: being computed by {owner_label(owner)}")
             announced = True

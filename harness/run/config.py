@@ -100,6 +100,12 @@ def build(cls: type, section: str, layers: list[dict[str, Any]]) -> Any:
             sec, _, name = key.rpartition(".")
             if sec == section and name in types:
                 values[name] = cast(key, value, types[name])
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in values and f.init
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise HarnessError(f"{section}: the setting(s) {', '.join(missing)} have no default value; set them with "
+                           + ", ".join(f"--set {section}.{m}=VALUE" for m in missing)
+                           + ", or give every field of the Config dataclass a default.")
     try:
         return cls(**values)
     except HarnessError as exc:   # TrainConfig serves two sections: name the one that was set
@@ -119,11 +125,30 @@ def normalise_overrides(overrides: dict[str, str], sections: dict[str, type]) ->
     for key, value in overrides.items():
         full = key if "." in key else f"train.{key}"
         if full not in known:
+            elsewhere = _method_not_in_run(full, sections)
+            if elsewhere:
+                raise HarnessError(f"--set {key}: '{elsewhere}' is a setting of method {elsewhere.split('.')[0]}, which is "
+                                   f"not in this run (methods: {', '.join(s for s in sections if s not in FIXED_SECTIONS)}). "
+                                   f"Add it to --methods, or leave this --set out.")
             near = closest(full, known)
             hint = f" Did you mean: {', '.join(near)}?" if near else ""
             raise HarnessError(f"unknown --set key '{key}'.{hint} Valid keys: {', '.join(sorted(known))}.")
         out[full] = value
     return out
+
+
+FIXED_SECTIONS = ("train", "finetune", "eval", "benchmark", "attack")
+
+
+def _method_not_in_run(full: str, sections: dict[str, type]) -> str | None:
+    """``full`` when it names a valid setting of a registered method that this run does not include."""
+    from harness.registry import METHODS
+
+    section, _, name = full.partition(".")
+    if section in sections or section not in METHODS.names():
+        return None
+    fields = {f.name for f in dataclasses.fields(METHODS.get(section).Config)}
+    return full if name in fields else None
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

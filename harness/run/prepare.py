@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from harness.data import truncation
 from harness.training import distributed
 from harness.run.claims import Claims, claim_cell
 from harness.runtime.codeversion import finetune_code
@@ -59,38 +60,51 @@ def prepare(base: str, benchmark, cfg: TrainConfig, seed: int, device=None, prog
         if ranks.broadcast(ranks.is_main and _wait_or_claim(claims, folder, force, log)):
             log(f"prepare: reusing cached {role} model {folder}")
             continue
-        loaded = load_model(base, device)
-        examples = (benchmark.forget_train() if role == "target" else []) + (benchmark.retain_train() or [])
-        if not examples:
-            raise HarnessError(
-                f"benchmark '{benchmark.name}' has no data to fine-tune a {role} model on. Pass an existing "
-                f"{role} model instead (--{role} PATH), or supply the benchmark's {role} split."
-            )
-        log(f"prepare: fine-tuning the {role} model on {len(examples)} examples ({cfg.epochs} epochs, lr {cfg.lr})")
-        started = time.perf_counter()
-        result = train(loaded.model, loaded.tokenizer, Finetune(), examples, None, cfg, seed, progress=progress, log=log)
-        if result.status != "ok":
-            raise RuntimeError(f"fine-tuning the {role} model diverged at step {result.diverged_at_step}; lower finetune.lr.")
-        if not ranks.is_main:
-            ranks.barrier()   # the main process saves
-            continue
-        tmp = folder.with_name(folder.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        loaded.model.save_pretrained(tmp, safe_serialization=True)
-        loaded.tokenizer.save_pretrained(tmp)
-        info = {
-            "role": role, "base": base, "resolved_settings": benchmark.resolved_settings(), "base_source": portable_path(loaded.source), "benchmark": benchmark.name,
-            "data": benchmark.data_info(), "finetune": asdict(cfg), "seed": seed,
-            "code": finetune_code(), "examples": len(examples), "steps": result.steps, "final_loss": result.last_finite_loss,
-            "seconds": round(time.perf_counter() - started, 1),
-        }
-        (tmp / "prepare.json").write_text(json.dumps(info, indent=1, default=str))
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.replace(folder)  # the folder appears complete or not at all
-        claims.release(folder)
-        ranks.barrier()
-        log(f"prepare: {role} model saved to {folder} (final loss {result.last_finite_loss:.4f}, {info['seconds']} s)")
+        try:
+            _build(base, benchmark, cfg, seed, device, progress, log, role, folder, ranks)
+        finally:   # a failed build must not leave our claim behind for the next cell to wait on
+            claims.release(folder)
     return folders
+
+
+def _build(base, benchmark, cfg, seed, device, progress, log, role: str, folder: Path, ranks) -> None:
+    """Fine-tune and save one prepared model (this process holds ``folder``'s claim)."""
+    loaded = load_model(base, device)
+    examples = (benchmark.forget_train() if role == "target" else []) + (benchmark.retain_train() or [])
+    if not examples:
+        raise HarnessError(
+            f"benchmark '{benchmark.name}' has no data to fine-tune a {role} model on. Pass an existing "
+            f"{role} model instead (--{role} PATH), or supply the benchmark's {role} split."
+        )
+    cut = truncation.warning(truncation.train_counts(
+        loaded.tokenizer, {**({"forget": benchmark.forget_train()} if role == "target" else {}),
+                           "retain": benchmark.retain_train() or []}, cfg.max_length),
+                             "finetune.max_length", cfg.max_length, f"fine-tuning the {role} model")
+    if cut:
+        log(cut)
+    log(f"prepare: fine-tuning the {role} model on {len(examples)} examples ({cfg.epochs} epochs, lr {cfg.lr})")
+    started = time.perf_counter()
+    result = train(loaded.model, loaded.tokenizer, Finetune(), examples, None, cfg, seed, progress=progress, log=log)
+    if result.status != "ok":
+        raise RuntimeError(f"fine-tuning the {role} model diverged at step {result.diverged_at_step}; lower finetune.lr.")
+    if not ranks.is_main:
+        ranks.barrier()   # the main process saves
+        return
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    loaded.model.save_pretrained(tmp, safe_serialization=True)
+    loaded.tokenizer.save_pretrained(tmp)
+    info = {
+        "role": role, "base": base, "resolved_settings": benchmark.resolved_settings(), "base_source": portable_path(loaded.source), "benchmark": benchmark.name,
+        "data": benchmark.data_info(), "finetune": asdict(cfg), "seed": seed,
+        "code": finetune_code(), "examples": len(examples), "steps": result.steps, "final_loss": result.last_finite_loss,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    (tmp / "prepare.json").write_text(json.dumps(info, indent=1, default=str))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.replace(folder)  # the folder appears complete or not at all
+    ranks.barrier()
+    log(f"prepare: {role} model saved to {folder} (final loss {result.last_finite_loss:.4f}, {info['seconds']} s)")
 
 
 def _wait_or_claim(claims: Claims, folder: Path, force: bool, log) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import subprocess
@@ -84,6 +85,50 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+RECORD_NAME = re.compile(r"[0-9a-f]{8}-seed\d+\.json")
+
+#: what a record's fields must be (records are edited by hand, copied, merged: checked when read)
+FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "benchmark": str, "model": str, "method": str, "status": str, "seed": int, "config_id": str,
+    "aggregates": dict, "config": dict, "per_sample": dict, "training": (dict, type(None)),
+}
+STATUSES = ("ok", "diverged", "failed")
+# ranges of the built-in score families, by key prefix: fractions, percentages, PrivLeak (-100 and up)
+SCORE_RANGES: tuple[tuple[str, float, float], ...] = (
+    ("rouge_", 0, 1), ("prob_", 0, 1), ("es_", 0, 1), ("em_", 0, 1), ("auc_", 0, 1), ("forget_quality", 0, 1),
+    ("model_utility", 0, 1), ("privleak_reference_auc", 0, 1), ("knowmem_", 0, 100), ("verbmem_", 0, 100),
+    ("truth_ratio_", 0, math.inf), ("privleak", -100, math.inf),
+)
+
+
+def is_record_name(path: Path) -> bool:
+    """Records are named ``<config id>-seed<N>.json``; a user's own notes.json beside them is not one."""
+    return RECORD_NAME.fullmatch(Path(path).name) is not None
+
+
+def record_problem(record: Any) -> str | None:
+    """Why ``record`` is not a valid record (schema, field types, finite scores in range), or None."""
+    if not isinstance(record, dict) or record.get("schema") != SCHEMA or "status" not in record:
+        return "missing schema/status fields"
+    for key, kind in FIELD_TYPES.items():
+        if key in record and (not isinstance(record[key], kind) or isinstance(record[key], bool)):
+            names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            return f"'{key}' is {type(record[key]).__name__} {record[key]!r}, expected {names}"
+    if record["status"] not in STATUSES:
+        return f"status '{record['status']}' is none of {', '.join(STATUSES)}"
+    for key, value in (record.get("aggregates") or {}).items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"score '{key}' is {type(value).__name__} {value!r}, expected a number"
+        if not math.isfinite(value):
+            return f"score '{key}' is {value}, expected a finite number"
+        low, high = next(((lo, hi) for prefix, lo, hi in SCORE_RANGES if key.startswith(prefix)), (-math.inf, math.inf))
+        if not low <= value <= high:
+            return f"score '{key}' = {value:g} lies outside its range [{low:g}, {high:g}]"
+    return None
+
+
 def read_record(path: Path) -> dict[str, Any] | None:
     """The record at ``path``; None if absent; HarnessError if corrupt (path in the message)."""
     if not path.is_file():
@@ -92,8 +137,9 @@ def read_record(path: Path) -> dict[str, Any] | None:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise HarnessError(f"corrupt result record {path}: {exc}. It will be re-run.") from None
-    if not isinstance(record, dict) or record.get("schema") != SCHEMA or "status" not in record:
-        raise HarnessError(f"corrupt result record {path}: missing schema/status fields. It will be re-run.")
+    problem = record_problem(record)
+    if problem:
+        raise HarnessError(f"invalid result record {path}: {problem}. It is not used (a run re-runs its cell).")
     return record
 
 
@@ -112,6 +158,8 @@ def load_records(results_dir: Path, warn=print) -> list[dict[str, Any]]:
     records = []
     root = Path(results_dir)
     for path in sorted(root.glob("*/*/*/*.json")):
+        if not is_record_name(path):
+            continue
         try:
             record = read_record(path)
         except HarnessError as exc:

@@ -119,6 +119,8 @@ class Runner:
                 f"data directory '{req.data_dir}' does not exist; pass the folder that holds the benchmark's files."
             )
         validation.check_limit(req.limit)
+        validation.check_seed(req.seed)
+        validation.check_model_specs(req)
         self.bench_cls = BENCHMARKS.get(req.benchmark)
         self.methods = resolve_methods(req.methods)
         self.method_cls = {m: METHODS.get(m) for m in self.methods}
@@ -128,6 +130,7 @@ class Runner:
             **{m: cls.Config for m, cls in self.method_cls.items()},
         }
         self.overrides = cfgmod.normalise_overrides(req.overrides, sections)
+        validation.check_data_dir_used(self.bench_cls, req.data_dir)
         self.bench = self.bench_cls(cfgmod.build(self.bench_cls.Config, "benchmark", [self.overrides]), req.data_dir, req.limit)
         self.eval_cfg = cfgmod.build(EvalConfig, "eval", [self.overrides])
         if self.eval_cfg.memory_budget_gb < 0:
@@ -147,6 +150,8 @@ class Runner:
                                self.finetune_cfg, req.seed, self.bench_cls.columns, self.log) if attack_names else None
         self.model_label = req.model if not (req.target and req.model == RunRequest.model) else req.target
         validation.check_before_work(self, self.output_folders())
+        for note in validation.short_splits(self.bench):
+            self.log(note)
         self.summary = RunSummary()   # what finished so far, for the message when the run is interrupted
         self._eval_cut: dict[tuple, dict[str, int]] = {}   # truncation counts per tokenizer
         self._warned: set[str] = set()
@@ -155,8 +160,11 @@ class Runner:
         """The folders this run writes: checked writable before any model is loaded."""
         folders = {"results directory": (self.results_dir, "--results-dir")} if self.results_dir else {}
         if self.req.save_models:
-            folders["models directory"] = (self.req.models_dir or cache_root() / "unlearned", "--models-dir")
-        if not self.req.target and self.bench_cls.needs_prepared_target:
+            folders["models directory"] = ((self.req.models_dir, "--models-dir") if self.req.models_dir else
+                                           (cache_root() / "unlearned", "--models-dir (default $HARNESS_CACHE/unlearned)"))
+        uses_cache = (self.req.eval_cache or SMOLLM2_ALIAS in (self.req.model, self.req.target, self.req.retain)
+                      or (not self.req.target and self.bench_cls.needs_prepared_target))
+        if uses_cache:   # the evaluation cache, prepared models and the converted SmolLM2 live there
             folders["model cache"] = (cache_root(), "HARNESS_CACHE=<folder>")
         return folders
 
@@ -303,10 +311,13 @@ class Runner:
         folders = prepare(self.req.model, self.bench, self.finetune_cfg, self.req.seed, self.device, self.progress, log=self.log)
         return str(folders["target"]), self.req.retain or str(folders["retain"])
 
-    def reference_cell(self, role: str, spec: "str | Callable[[], str]", reference, summary: RunSummary) -> dict | None:
-        """Evaluate the target or the retain model; the retain model is its own reference."""
+    def reference_cell(self, role: str, spec: "str | Callable[[], str]", reference, summary: RunSummary,
+                       label: str = "") -> dict | None:
+        """Evaluate the target or the retain model; the retain model is its own reference.
+
+        ``label``: the row's name where it is not the run's target or retain (``harness eval`` scores any model)."""
         resolved = {**self._base_config(reference=True), "role": role}
-        label = {"target": "Target", "retain": "Retain"}[role]
+        label = label or {"target": "Target", "retain": "Retain"}[role]
         return self._cell(role, label, "reference", resolved, summary,
                           lambda: self._evaluate_only(spec, reference, self_reference=role == "retain", role=role))
 
@@ -374,6 +385,8 @@ class Runner:
         try:
             record.update(work() if self.ranks.is_main or kind == "method" else {"status": "evaluated by the main process"})
         except (KeyboardInterrupt, HarnessError):
+            if self.ranks.is_main:
+                self.claims.release(path)   # the run stops here: leave no claim for the next run to trip on
             raise
         except Exception as exc:  # one failing cell must not lose the others
             record.update({"status": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
@@ -386,7 +399,7 @@ class Runner:
         record = self.ranks.broadcast(record)
         summary.records.append(record)
         if record["status"] in FINISHED:
-            self.log(one_line_summary(record, self.bench_cls.columns, path))
+            self.log(one_line_summary(record, self.bench_cls.columns, path, self._warned))
         self._free()
         return record
 
@@ -422,7 +435,7 @@ class Runner:
         forget = self.bench.forget_train()
         train_cut = truncation.train_counts(loaded.tokenizer, {"forget": forget, "retain": self.bench.retain_train()},
                                             train_cfg.max_length)
-        self._warn(truncation.warning(train_cut, "train.max_length", train_cfg.max_length, f"training {method.name}"))
+        self._warn(truncation.warning(train_cut, "train.max_length", train_cfg.max_length, "training"))   # same data for every method: once
         steps_per_epoch, total, final_epoch = epoch_plan(len(forget), train_cfg)
         per_epoch = PerEpoch(self, loaded, reference, method.name, final_epoch) if self.eval_cfg.per_epoch and self.ranks.is_main else None
         target_weights = fingerprint(loaded.model) if self.ranks.is_main else None   # to flag a run that changed nothing
@@ -502,8 +515,8 @@ class Runner:
         scores = bench.score(outputs, reference)
         if self_reference:  # the retain model against itself: forget quality 1, PrivLeak 0 by definition
             scores = bench.score(outputs, scores.reference_values)
-        for warning in scores.warnings:
-            self.log(f"warning: {bench.name}: {warning}")
+        for warning in scores.warnings:   # once per run; every cell's record keeps its own
+            self._warn(f"warning: {bench.name}: {warning}")
         return {
             "aggregates": scores.aggregates, "per_sample": scores.per_sample, "missing": scores.missing,
             "intervals": record_intervals(bench.columns, scores.per_sample, scores.aggregates),
@@ -631,7 +644,8 @@ def save_model_atomically(loaded, folder: Path) -> None:
     tmp.replace(folder)
 
 
-def one_line_summary(record: dict, columns, path: Path) -> str:
+def one_line_summary(record: dict, columns, path: Path, said: set[str] | None = None) -> str:
+    """The cell's scores in one line, then why a metric is missing (each reason once per run, given ``said``)."""
     agg = record.get("aggregates", {})
     cells = [f"{c.label} {c.format(agg[c.key])}" for c in columns if c.key in agg]
     t = record.get("timings", {})
@@ -640,7 +654,14 @@ def one_line_summary(record: dict, columns, path: Path) -> str:
     line = (f"done {record['benchmark']}/{record['model']}/{record['method']} seed {record['seed']}{status}: "
             f"{' | '.join(cells)} ({timing}eval {t.get('eval_s', 0):.0f} s) -> {path}")
     for metric, why in record.get("missing", {}).items():
-        line += f"\n  not computed: {metric}: {why}"
+        note = f"  not computed: {metric}: {why}"
+        if said is None or note not in said:
+            line += "\n" + note
+            if said is not None:
+                said.add(note)
+    privleak_ref = ((record.get("per_sample") or {}).get("privleak") or [{}])[0]
+    if isinstance(privleak_ref, dict) and str(privleak_ref.get("reference", "")).startswith("published"):
+        line += f"\n  PrivLeak against the {privleak_ref['reference']}: AUC {privleak_ref.get('reference_auc')}"
     return line
 
 

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 from harness.run.claims import claim_path, is_stale, owner_label, read_claim
-from harness.run.results import FINISHED, atomic_write_text, read_record
+from harness.run.results import FINISHED, atomic_write_text, is_record_name, read_record
 from harness.errors import HarnessError
 
 STATES = ("queued", "running", "done", "failed")
@@ -74,7 +74,7 @@ def report(results_dir: Path) -> str:
         lines.append(f"latest plan {plans[-1].name} ({plan['executor']}): {summary_line(states)[len('progress: '):]}")
         lines += [f"  {state:<8} {name:<12} {detail}".rstrip() for name, (state, detail) in states.items()]
     others = sorted({p for p in root.glob("*/*/*/*.json")} | {Path(str(c)[: -len(".claim")]) for c in root.glob("*/*/*/*.json.claim")})
-    others = [p for p in others if p not in planned]
+    others = [p for p in others if p not in planned and is_record_name(p)]
     if others:
         lines.append("other cells in this folder:" if plans else "cells in this folder:")
         for path in others:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -83,9 +84,60 @@ def check_data(bench) -> None:
             )
 
 
+def check_seed(seed: int) -> None:
+    """numpy and torch take seeds in [0, 2**32); outside it every cell would fail on its own."""
+    if not 0 <= seed < 2**32:
+        raise HarnessError(f"--seed must be between 0 and {2**32 - 1} (numpy and torch seeds are 32-bit), got {seed}.")
+
+
+def check_methods_fit_data(runner) -> None:
+    """A method setting that cannot work with this data (e.g. SGA's K against the retain items) is refused now."""
+    forget, retain = runner.bench.forget_train(), runner.bench.retain_train()
+    for name in runner.methods:
+        problem = runner.method_cls[name](runner.method_configs(name)[1]).data_problem(forget, retain)
+        if problem:
+            cut = f" (--limit {runner.req.limit} keeps the first {runner.req.limit} items of every split)" if runner.req.limit else ""
+            raise HarnessError(f"method '{name}': {problem}{cut}")
+
+
+def check_data_dir_used(bench, data_dir) -> None:
+    """``--data-dir`` for a benchmark that reads no files would be silently ignored."""
+    if data_dir is not None and not getattr(bench, "reads_files", True):
+        raise HarnessError(f"benchmark '{bench.name}' is built into the harness and reads no files, so --data-dir "
+                           f"'{data_dir}' would be ignored; leave --data-dir out.")
+
+
+def check_model_specs(req) -> None:
+    """Local model folders (--model, --target, --retain) hold a config and safetensors weights."""
+    from harness.runtime.models import check_model_folder
+
+    for option, spec in (("--model", req.model), ("--target", req.target), ("--retain", req.retain)):
+        if spec and Path(spec).expanduser().exists():
+            try:
+                check_model_folder(Path(spec).expanduser(), spec)
+            except HarnessError as exc:
+                raise HarnessError(f"{option}: {exc}") from None
+
+
+def short_splits(bench) -> list[str]:
+    """Notes for splits holding fewer items than ``--limit`` asked for: scored on fewer, and said so."""
+    limit = getattr(bench, "limit", None)
+    sizes = (bench.data_info() or {}).get("sizes") or {}
+    return [f"note: split '{name}' holds {n} item(s), fewer than --limit {limit}: it is scored on {n}."
+            for name, n in sizes.items() if limit and isinstance(n, int) and 0 < n < limit and not name.startswith(NOT_SPLITS)]
+
+
+# ``data_info()["sizes"]`` entries that are counts of something else than a split's items
+NOT_SPLITS = ("too_short", "icl_", "ppl_")
+
+
 def check_writable(folder: Path | str, what: str, option: str) -> None:
     """``folder`` exists as a writable folder, or can be created in a writable one."""
     folder = Path(folder)
+    for part in folder.parts:
+        if len(part.encode()) > 255:   # NAME_MAX of common file systems; the exact limit is checked below
+            raise HarnessError(f"{what}: the folder name '{part[:40]}...' is {len(part.encode())} bytes long; file "
+                               f"systems allow at most 255 per name. Pass {option} with a shorter name.")
     if folder.exists() and not folder.is_dir():
         raise HarnessError(f"{what} '{folder}' is a file, not a folder; pass {option} with a folder path.")
     probe = folder
@@ -100,11 +152,32 @@ def check_writable(folder: Path | str, what: str, option: str) -> None:
             f"{what} '{folder}' is not writable (no write permission on '{probe}'); "
             f"pass {option} with a folder you can write, or change its permissions."
         )
+    try:
+        longest = os.pathconf(probe, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        longest = 255
+    for part in folder.parts:
+        if len(part.encode()) > longest:
+            raise HarnessError(f"{what}: the folder name '{part[:40]}...' is {len(part.encode())} bytes long; this file "
+                               f"system allows at most {longest} per name. Pass {option} with a shorter name.")
+    _try_writing(folder, what, option)
+
+
+def _try_writing(folder: Path, what: str, option: str) -> None:
+    """Create ``folder`` and a file in it: permissions alone do not tell (/proc, read-only mounts, chattr +i)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise HarnessError(f"{what} '{folder}' cannot be written ({exc.strerror or exc}); "
+                           f"pass {option} with a folder you can write.") from None
 
 
 def check_before_work(runner, folders: dict[str, tuple[Path, str]]) -> None:
     """Everything the runner can check before it loads a model; ``folders``: what -> (path, option)."""
     check_settings(runner)
     check_data(runner.bench)
+    check_methods_fit_data(runner)
     for what, (path, option) in folders.items():
         check_writable(path, what, option)

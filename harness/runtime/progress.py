@@ -3,8 +3,9 @@
 tqdm hides its bars when output is not a terminal (``make run | tee log``, CI), and a run then
 prints nothing while it fine-tunes or evaluates for minutes. ``LineProgress`` has the part of
 tqdm's interface the loop and the engine use (``update``, ``set_postfix``, ``close``) and prints
-one line every ``every`` seconds while a task runs, and one when such a task ends; a task shorter
-than that prints nothing (the runner's own lines already say what finished).
+a line when the run has printed nothing for ``every`` seconds (counted from the run's last line,
+its own or the runner's: a chain of short tasks is not silent either, and a line right after the
+runner's says nothing new), and one when such a task ends.
 """
 from __future__ import annotations
 
@@ -13,18 +14,28 @@ import sys
 import time
 
 
+_last_line = [time.monotonic()]   # when the run last printed any line (ours or the runner's log)
+
+
+def note_output() -> None:
+    """The run printed a line: a progress line within ``every`` seconds of it would say nothing new."""
+    _last_line[0] = time.monotonic()
+
+
 class LineProgress:
     def __init__(self, total: int | None = None, desc: str = "", unit: str = "it", every: float = 20.0,
                  stream=None, **_ignored):
         self.total, self.desc, self.unit, self.every = total, desc, unit, every
         self.stream = stream or sys.stderr
         self.n, self.postfix = 0, ""
-        self.started = self.last = time.monotonic()
-        self.printed = False
+        self.started = time.monotonic()
+        self.last = 0.0   # silence is counted from the run's last line (``_last_line``), not from this task's start
+        self.printed, self.printed_n = False, 0
         self.with_postfix = False   # set_postfix follows each update (the training loop): print there
 
     def _print(self, state: str) -> None:
-        self.printed = True
+        self.printed, self.printed_n = True, self.n
+        note_output()
         of = f"/{self.total}" if self.total else ""
         elapsed = time.monotonic() - self.started
         post = f", {self.postfix}" if self.postfix else ""
@@ -32,7 +43,7 @@ class LineProgress:
 
     def _maybe_print(self) -> None:
         now = time.monotonic()
-        if now - self.last >= self.every:
+        if now - max(self.last, _last_line[0]) >= self.every:
             self.last = now
             self._print("done")
 
@@ -47,7 +58,7 @@ class LineProgress:
         self._maybe_print()
 
     def close(self) -> None:
-        if self.printed:
+        if self.printed and self.n != self.printed_n:   # a last "N/N done" line already said it
             self._print("finished")
 
     def __enter__(self):

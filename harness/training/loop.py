@@ -20,7 +20,8 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from harness.training import distributed
-from harness.data.batching import Example, make_batch
+from harness.data.batching import IGNORE, Example, make_batch
+from harness.data.batching import encode as encode_example
 from harness.data.chat import prompt_text
 from harness.errors import HarnessError
 from harness.training.finetune import Finetune
@@ -152,6 +153,42 @@ def only_trainable(model: torch.nn.Module, trainable, method_name: str):
             p.requires_grad_(flag)
 
 
+EPOCH_LINES = 10   # at most about this many per-epoch lines per training run
+
+
+def epoch_worth_a_line(epoch: int, epochs: int, last: bool) -> bool:
+    """Every epoch's line when there are few; with many (finetune.epochs=300), every k-th and the last."""
+    return last or epoch + 1 == epochs or (epoch + 1) % max(1, math.ceil(epochs / EPOCH_LINES)) == 0
+
+
+def unpack_loss(method: UnlearningMethod, out: Any) -> tuple[torch.Tensor, dict]:
+    """``method.loss`` returns (a scalar tensor with a graph, a dict of floats to log); anything else is named."""
+    if (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], torch.Tensor) and out[0].numel() == 1
+            and isinstance(out[1], dict)):
+        return out
+    got = f"a tuple ({', '.join(type(x).__name__ for x in out)})" if isinstance(out, tuple) else f"{type(out).__name__} {out!r}"[:80]
+    raise HarnessError(
+        f"method '{method.name}': loss() must return (loss, logs): a scalar torch tensor and a dict of floats to "
+        f"log, e.g. `return loss, {{}}`; it returned {got}."
+    )
+
+
+def check_answers_fit(tokenizer, splits: dict[str, list[Example]], max_length: int, add_eos: bool) -> None:
+    """Every item keeps at least one scored answer token within ``max_length``.
+
+    Labels are shifted by one, so a token counts only past the first position. An item with none
+    gives a loss of 0/0 = NaN, which the loop would report as divergence at step 0.
+    """
+    for split, items in splits.items():
+        empty = [e for e in items if not any(t != IGNORE for t in encode_example(tokenizer, e.prompt, e.answer, max_length, add_eos)[1][1:])]
+        if empty:
+            raise HarnessError(
+                f"max_length={max_length} leaves no answer token to train on for {len(empty)} of {len(items)} {split} "
+                f"items (the prompt alone fills it, e.g. '{prompt_text(empty[0].prompt)[:40].replace(chr(10), ' ')}'). Raise train.max_length "
+                "(finetune.max_length when preparing models); the prompts of this benchmark need more tokens."
+            )
+
+
 def run_loop(model: torch.nn.Module, method: UnlearningMethod, loop: Loop, extras: dict | None = None) -> TrainResult:
     """Minimise ``method.loss`` over the forget set (paired with retain items when needed).
 
@@ -171,6 +208,8 @@ def run_loop(model: torch.nn.Module, method: UnlearningMethod, loop: Loop, extra
             f"method '{method.name}' needs retain data, but the benchmark provides no retain split. "
             "Choose a method that uses forget data only (e.g. ga), or supply a retain split."
         )
+    check_answers_fit(tokenizer, {"forget": forget, **({"retain": retain} if NEEDS_RETAIN in needs else {})},
+                      cfg.max_length, add_eos)
     seed_everything(seed)
     device = next(model.parameters()).device
     ranks = distributed.current(device)   # one process unless launched by accelerate/torchrun
@@ -232,7 +271,7 @@ def run_loop(model: torch.nn.Module, method: UnlearningMethod, loop: Loop, extra
                     retain=encode([retain[i] for i in pairs[j]]) if pairs is not None else None,
                     padding=padding,
                 )
-                loss, logs = method.loss(trained, batch, ctx)
+                loss, logs = unpack_loss(method, method.loss(trained, batch, ctx))
                 weight = 0.0 if padding else len(idx) / len(chunk)
                 value = float(loss.detach())
                 if not padding and (not math.isfinite(value) or (cfg.max_abs_loss > 0 and abs(value) > cfg.max_abs_loss)):
@@ -263,7 +302,7 @@ def run_loop(model: torch.nn.Module, method: UnlearningMethod, loop: Loop, extra
             if bar:
                 bar.update(1)
                 bar.set_postfix(loss=f"{step_loss:.4f}")
-        if log and result.losses:
+        if log and result.losses and epoch_worth_a_line(epoch, epochs, result.steps >= total):
             log(f"  {method.name} epoch {epoch + 1}/{epochs}: step {result.steps}/{total}, loss {result.losses[-1]:.4f}")
         ranks.sync_weights(trained, model)   # every epoch ends with ``model`` holding the trained weights
         if on_epoch_end and result.status != "diverged":
