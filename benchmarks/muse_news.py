@@ -28,7 +28,10 @@ Metrics, each with MUSE's definition (checked against the authors' evaluation co
   ``aggregates["privleak_reference_auc"]`` and ``per_sample["privleak"]``.
 - Extras from the same passes: extraction strength on the verbmem ``gt`` (teacher forcing, prompt =
   verbmem prompt; ``es_f``), and the LOSS, ZLib and Min-K%++ attacks as ``auc_loss``,
-  ``auc_zlib``, ``auc_mink_pp`` (same AUC convention; ``auc_min_k`` is the PrivLeak one).
+  ``auc_zlib``, ``auc_mink_pp`` (same AUC convention; ``auc_min_k`` is the PrivLeak one), the
+  Reference attack as ``auc_reference`` (each text's loss minus the evaluated retain model's; rows
+  scored with a retain model in the run) and, with ``benchmark.mia_gradnorm=true``, GradNorm as
+  ``auc_gradnorm`` (one backward pass per text, on the HF engine).
 
 Whitespace: the KnowMem prompt ends in ``"Answer: "`` with a trailing space, exactly as MUSE's
 code builds it. A tokenizer then ends the prompt on a lone-space token (Llama: ``"▁"``; byte-level
@@ -115,6 +118,7 @@ from harness.scoring.privacy import (
     muse_auc,
     privleak,
     zlib_score,
+    gradnorm_score,
 )
 from harness.scoring.text import rouge_l_f1, truncate_at_stop
 from harness.scoring.uncertainty import ItemMean, RelativeToReference, SplitAuc
@@ -197,6 +201,7 @@ class MuseNewsConfig:
     privleak_reference: str = "evaluated"   # evaluated (retain model's AUC, else published) | published
     extraction_strength: bool = True    # teacher-forced ES on the verbmem gt (one extra log-prob pass)
     clean_up_spaces: bool = True        # decode with clean_up_tokenization_spaces=True, as MUSE does
+    mia_gradnorm: bool = False          # GradNorm MIA on the PrivLeak texts (a backward pass per text; HF engine)
 
     def __post_init__(self):
         def bad(key, value, allowed):
@@ -498,11 +503,12 @@ class MuseNews(Benchmark):
             plan.logprobs["verbmem_gt"] = [LogprobRequest(r["prompt"], r["gt"]) for r in self.verbmem]
         # PrivLeak texts whole, as MUSE scores them: up to the model's context, not eval.max_length.
         # Min-K%++ reads the full next-token distribution: these go to an engine that has it.
-        plan.logprobs["privleak_forget"] = [LogprobRequest("", t, full_context=True, needs_distribution=True)
+        gradnorm = c.mia_gradnorm
+        plan.logprobs["privleak_forget"] = [LogprobRequest("", t, full_context=True, needs_distribution=True, grad_norm=gradnorm)
                                             for t in self.privleak_forget]
-        plan.logprobs["privleak_holdout"] = [LogprobRequest("", t, full_context=True, needs_distribution=True)
+        plan.logprobs["privleak_holdout"] = [LogprobRequest("", t, full_context=True, needs_distribution=True, grad_norm=gradnorm)
                                              for t in self.privleak_holdout]
-        attacks = ("privleak_min_k", "auc_loss", "auc_zlib", "auc_mink_pp")
+        attacks = ("privleak_min_k", "auc_loss", "auc_zlib", "auc_mink_pp", "auc_reference") + (("auc_gradnorm",) if gradnorm else ())
         plan.readers = {"verbmem_gt": ("es_f",), "privleak_forget": attacks, "privleak_holdout": attacks}
         return plan
 
@@ -548,28 +554,45 @@ class MuseNews(Benchmark):
                     "eval.max_length (MUSE's prompts are ~1024 Llama tokens plus ~128 for gt)."
                 )
 
-        # Membership inference: Min-K% (PrivLeak), LOSS, ZLib, Min-K%++; MUSE AUC convention.
+        # Membership inference: Min-K% (PrivLeak), LOSS, ZLib, Min-K%++, Reference, GradNorm; MUSE AUC convention.
         k = self.config.min_k
         mia: dict[str, dict[str, list[float]]] = {}
         rows = []
+        # Reference attack: each text's mean NLL minus the retain model's (its record offers them).
+        ref_losses = (reference or {}).get("mia_losses")
         for group, texts in (("forget", self.privleak_forget), ("holdout", self.privleak_holdout)):
-            cols = mia[group] = {"min_k": [], "loss": [], "zlib": [], "min_k_pp": []}
+            cols = mia[group] = {"min_k": [], "loss": [], "zlib": [], "min_k_pp": [], "reference": [], "gradnorm": []}
+            losses: list[float | None] = []
             for i, (text, s) in enumerate(zip(texts, lp[f"privleak_{group}"])):
+                losses.append(loss_score(s.logprobs) if s.logprobs else None)
                 if not s.logprobs:
                     continue
                 vals = {
                     "min_k": min_k_score(s.logprobs, k),
-                    "loss": loss_score(s.logprobs),
+                    "loss": losses[-1],
                     "zlib": zlib_score(s.logprobs, text),
                     "min_k_pp": min_k_plus_plus_score(s.logprobs, s.mu, s.sigma, k),
                 }
+                ref_loss = ref_losses[group][i] if ref_losses and i < len(ref_losses[group]) else None
+                if ref_loss is not None:
+                    vals["reference"] = losses[-1] - ref_loss   # = reference_score(own, reference log-probs)
+                if s.grad_norm is not None:
+                    vals["gradnorm"] = gradnorm_score(s.grad_norm)
                 for name, v in vals.items():
                     cols[name].append(v)
                 rows.append({"set": group, "index": i, "tokens": len(s.logprobs), **vals})
+            scores.reference_values.setdefault("mia_losses", {})[group] = losses
         per["mia"] = rows
         if mia["forget"]["min_k"] and mia["holdout"]["min_k"]:
             for name, key in (("min_k", "auc_min_k"), ("loss", "auc_loss"), ("zlib", "auc_zlib"),
-                              ("min_k_pp", "auc_mink_pp")):
+                              ("min_k_pp", "auc_mink_pp"), ("reference", "auc_reference"), ("gradnorm", "auc_gradnorm")):
+                if name in ("reference", "gradnorm") and not (
+                        len(mia["forget"][name]) == len(mia["forget"]["loss"]) and
+                        len(mia["holdout"][name]) == len(mia["holdout"]["loss"])):
+                    if name == "reference" and reference is not None:
+                        scores.missing["auc_reference"] = (
+                            "needs the retain model's per-text losses on the same PrivLeak texts (evaluate with a retain model)")
+                    continue
                 agg[key] = muse_auc(mia["forget"][name], mia["holdout"][name])
             scores.reference_values["auc"] = agg["auc_min_k"]
             self._privleak(scores, reference or {})

@@ -1,4 +1,4 @@
-"""Trains GA, NPO and GradDiff on the tiny model; run by test_scale_out.py, alone or under torchrun
+"""Trains GA, NPO, GradDiff (and GA with LoRA, not under FSDP) on the tiny model; run by test_scale_out.py, alone or under torchrun
 (data-parallel, or FSDP with ACCELERATE_USE_FSDP=true).
 
 Each rank writes which forget items (and which retain items) its micro-batches held, not counting
@@ -19,6 +19,7 @@ from harness.methods.ga import GradientAscent
 from harness.methods.graddiff import GradDiff
 from harness.methods.npo import NPO
 from harness.runtime.models import build_tiny_random
+from harness.training.lora import LoraSettings
 from harness.training.loop import TrainConfig, train
 
 FORGET = [Example(f"Q{i}:", f" fact {i} is {'xyzw'[i % 4] * (1 + i % 3)}") for i in range(10)]
@@ -54,6 +55,12 @@ def run_all(out: Path) -> None:
         result = train(model, tok, Recording(), FORGET, RETAIN, CONFIG, seed=5)
         weights[cls.name] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         seen[cls.name]["losses"] = result.losses
+    if not ranks.sharded:   # GA with LoRA adapters (train.lora; refused under FSDP)
+        model, tok = build_tiny_random()
+        model = model.float()
+        result = train(model, tok, GradientAscent(), FORGET, RETAIN, CONFIG, seed=5, lora=LoraSettings(r=4, alpha=8.0))
+        weights["ga_lora"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        seen["ga_lora"] = {"losses": result.losses}
     out.mkdir(parents=True, exist_ok=True)
     (out / f"seen-rank{ranks.rank}.json").write_text(json.dumps(seen))
     if ranks.is_main:

@@ -121,8 +121,8 @@ def test_unknown_method_lists_known_ones(capsys, tmp_path):
 
     assert err.startswith("error: unknown method 'gaa'. Did you mean: ga")  # plugins from other tests may add names
     assert err.endswith(f"Known methods: {', '.join(METHODS.names())}.")
-    assert "ceu, flat, ga, " in err
-    assert "graddiff, idkdpo, npo, rmu, satimp, sga, simnpo, task_vector, undial, wga, whp." in err
+    assert "altpo, ceu, flat, ga, " in err
+    assert "graddiff, idkdpo, npo, pdu, rmu, satimp, sga, simnpo, task_vector, undial, wga, whp." in err
 
 
 def test_unknown_benchmark_lists_known_ones(capsys, tmp_path):

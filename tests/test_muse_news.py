@@ -321,3 +321,31 @@ def test_offline_without_data_dir_fails_at_once_and_names_the_local_copy(monkeyp
         MuseNews()
     assert time.perf_counter() - started < 5
     hub.hub_unreachable.cache_clear()
+
+
+def test_reference_and_gradnorm_attacks(tmp_path):
+    """Reference: own loss minus the retain model's per-text loss (offered in its reference values);
+    GradNorm: the engine's gradient norm, only when benchmark.mia_gradnorm asks for it."""
+    bench = MuseNews(data_dir=write_layout(tmp_path))
+    assert not any(r.grad_norm for r in bench.eval_plan().logprobs["privleak_forget"])
+    outputs = fabricate(bench)   # losses: forget [1, 3], holdout [2, 4]
+    own = bench.score(outputs, None)
+    assert own.reference_values["mia_losses"] == {"forget": [1.0, 3.0], "holdout": [2.0, 4.0]}
+    assert "auc_reference" not in own.aggregates and "auc_reference" not in own.missing
+    # reference losses forget [0, 3], holdout [0, 0] -> scores forget [1, 0], holdout [2, 4]: no holdout
+    # text looks more like a member than a forget text, so the MUSE-convention AUC is 0.
+    scores = bench.score(outputs, {"mia_losses": {"forget": [0.0, 3.0], "holdout": [0.0, 0.0]}})
+    assert scores.aggregates["auc_reference"] == pytest.approx(0.0)
+    assert [r["reference"] for r in scores.per_sample["mia"]] == [1.0, 0.0, 2.0, 4.0]
+    assert "needs the retain model" in bench.score(outputs, {"auc": 0.5}).missing["auc_reference"]
+    # the retain model against itself: every reference score 0, AUC 0.5
+    assert bench.score(outputs, own.reference_values).aggregates["auc_reference"] == pytest.approx(0.5)
+
+    gn = MuseNews(MuseNewsConfig(mia_gradnorm=True), data_dir=write_layout(tmp_path / "g"))
+    assert all(r.grad_norm and r.needs_distribution for r in gn.eval_plan().logprobs["privleak_holdout"])
+    outputs = fabricate(gn)
+    for group, norms in (("privleak_forget", [0.1, 0.5]), ("privleak_holdout", [0.3, 0.9])):
+        for s, g in zip(outputs.logprobs[group], norms):
+            s.grad_norm = g
+    # pairs (holdout, forget) where holdout looks more member-like (lower norm): 0.3 < 0.5 only: 1 of 4
+    assert gn.score(outputs, None).aggregates["auc_gradnorm"] == pytest.approx(0.25)

@@ -86,6 +86,17 @@ def test_two_processes_train_the_same_weights(launched_and_one, method):
     assert _seen(two, 0)[method]["losses"] == pytest.approx(_seen(one, 0)[method]["losses"], abs=1e-5)
 
 
+def test_two_processes_train_the_same_lora_weights(two_and_one):
+    """GA with LoRA adapters, data-parallel: the merged weights match one process within the same 1e-5."""
+    two, one = two_and_one
+    w2, w1 = torch.load(two / "weights.pt")["ga_lora"], torch.load(one / "weights.pt")["ga_lora"]
+    start = build_tiny_random()[0].float().state_dict()
+    assert list(w1) == list(start)   # merged: plain state-dict names
+    assert max((w1[k] - start[k]).abs().max().item() for k in w1) > 1e-4
+    assert max((w2[k] - w1[k]).abs().max().item() for k in w1) <= 1e-5
+    assert _seen(two, 0)["ga_lora"]["losses"] == pytest.approx(_seen(one, 0)["ga_lora"]["losses"], abs=1e-5)
+
+
 @pytest.mark.parametrize("method", ["ga", "npo", "graddiff"])
 def test_each_rank_sees_other_examples_and_together_the_single_order(launched_and_one, method):
     two, one = launched_and_one

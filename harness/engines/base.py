@@ -8,9 +8,10 @@ how a prompt and a scored text become token ids and how generated ids become tex
 and the vLLM engine score the same ids and decode the same ids into the same string.
 
 Not every backend returns the full next-token distribution: vLLM gives the log-prob and the
-rank of each token, not the mean and standard deviation of log p that Min-K%++ needs. A
-``LogprobRequest`` with ``needs_distribution`` asks for them; ``RoutedEngine`` sends those
-requests to an engine that has them and counts which engine answered what, for the record.
+rank of each token, not the mean and standard deviation of log p that Min-K%++ needs, nor a
+gradient (GradNorm). A ``LogprobRequest`` with ``needs_distribution`` or ``grad_norm`` asks for
+them; ``RoutedEngine`` sends those requests to an engine that has them (HF) and counts which
+engine answered what, for the record.
 """
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ class LogprobRequest:
     add_eos: bool = False
     full_context: bool = False
     needs_distribution: bool = False
+    grad_norm: bool = False      # also the norm of the loss gradient (GradNorm MIA): HF engine only
 
 
 @dataclass
@@ -65,6 +67,7 @@ class TokenScores:
     greedy_match: list[bool]     # argmax prediction == the token
     mu: list[float] | None       # E[log p] under the model's next-token distribution (None: not computed)
     sigma: list[float] | None    # its standard deviation
+    grad_norm: float | None = None   # mean over parameter tensors of ||d mean NLL / d W||_2 (grad_norm requests)
 
 
 
@@ -123,6 +126,11 @@ class TokenizedEngine(Engine):
         return (self.model_context() or self.max_length) if request.full_context else self.max_length
 
 
+def needs_full(request: LogprobRequest) -> bool:
+    """Whether only a full-distribution engine (HF) can answer: Min-K%++ moments or a gradient norm."""
+    return request.needs_distribution or request.grad_norm
+
+
 class RoutedEngine(Engine):
     """Everything from ``main``, except log-prob requests that need the full distribution when
     ``main`` cannot give it: those go to ``full`` (all log-prob requests with ``logprobs_to_full``,
@@ -157,8 +165,8 @@ class RoutedEngine(Engine):
         if self.main.full_distribution and not self.logprobs_to_full:
             self._count("logprobs", self.main, len(requests))
             return self.main.logprobs(requests, progress)
-        to_full = [i for i, r in enumerate(requests) if r.needs_distribution or self.logprobs_to_full]
-        to_main = [i for i, r in enumerate(requests) if not (r.needs_distribution or self.logprobs_to_full)]
+        to_full = [i for i, r in enumerate(requests) if needs_full(r) or self.logprobs_to_full]
+        to_main = [i for i, r in enumerate(requests) if not (needs_full(r) or self.logprobs_to_full)]
         out: list = [None] * len(requests)
         for engine, picked in ((self.main, to_main), (self.full, to_full)):
             if picked:

@@ -59,12 +59,18 @@ def model_key(model, tokenizer, engine_settings: dict, convention: int = SCORING
 
 def request_key(request) -> str:
     kind = {GenerationRequest: "gen", LogprobRequest: "logprob"}[type(request)]
-    return kind + json.dumps(dataclasses.asdict(request), sort_keys=True)
+    fields = dataclasses.asdict(request)
+    if kind == "logprob" and not fields["grad_norm"]:
+        del fields["grad_norm"]   # keys of requests made before the field existed stay valid
+    return kind + json.dumps(fields, sort_keys=True)
 
 
 def _encode(value) -> bytes:
     if isinstance(value, str):
         return b"s" + value.encode()
+    if value.grad_norm is not None:   # "g": the gradient norm (float64), then the scores as below
+        return b"g" + np.asarray([value.grad_norm], np.float64).tobytes() + _encode(
+            TokenScores(value.logprobs, value.greedy_match, value.mu, value.sigma))
     # "t": log-probs with the distribution's moments; "p": without them (an engine like vLLM)
     moments = value.mu is not None
     arrays = [np.asarray(value.logprobs, np.float32)]
@@ -76,6 +82,10 @@ def _encode(value) -> bytes:
 def _decode(blob: bytes):
     if blob[:1] == b"s":
         return blob[1:].decode()
+    if blob[:1] == b"g":
+        scores = _decode(blob[9:])
+        scores.grad_norm = float(np.frombuffer(blob[1:9], np.float64)[0])
+        return scores
     rows = 3 if blob[:1] == b"t" else 1
     n = int(np.frombuffer(blob[1:9], np.int64)[0])
     floats = np.frombuffer(blob[9 : 9 + 4 * rows * n], np.float32).reshape(rows, n).astype(np.float64)

@@ -422,8 +422,44 @@ class HFEngine(TokenizedEngine):
             self.oom_retries += 1
             return None
 
-    @torch.inference_mode()
     def logprobs(self, requests: list[LogprobRequest], progress=None) -> list[TokenScores]:
+        results = self._scored(requests, progress)
+        for request, scores in zip(requests, results):
+            if request.grad_norm:
+                scores.grad_norm = self._grad_norm(request)
+        return results
+
+    def _grad_norm(self, request: LogprobRequest) -> float:
+        """GradNorm MIA statistic of one text (OpenUnlearning's ``mia/gradnorm.py``, p = 2): the loss is
+        the mean NLL of the scored tokens, and the statistic the mean over parameter tensors of the
+        L2 norm of each tensor's gradient. One text per backward pass; weights are not changed and
+        no gradient is left behind. Eval mode (OpenUnlearning switches to train mode, which differs
+        only where the model has dropout)."""
+        ids, labels = self.scored_ids(request)
+        ids_t = torch.tensor([ids], device=self.device)
+        target = torch.tensor(labels[1:], device=self.device)
+        scored = target != IGNORE
+        if not bool(scored.any()):
+            return float("nan")
+        params = list(self.model.parameters())
+        flags = [p.requires_grad for p in params]
+        try:
+            with torch.inference_mode(False), torch.enable_grad():
+                for p in params:
+                    p.requires_grad_(True)
+                    p.grad = None
+                logits = self.model(input_ids=ids_t).logits[0, :-1][scored].float()
+                loss = F.cross_entropy(logits, target[scored])
+                loss.backward()
+                norms = [p.grad.detach().float().norm(2) for p in params if p.grad is not None]
+                return float(torch.stack(norms).mean())
+        finally:
+            for p, flag in zip(params, flags):
+                p.grad = None
+                p.requires_grad_(flag)
+
+    @torch.inference_mode()
+    def _scored(self, requests: list[LogprobRequest], progress=None) -> list[TokenScores]:
         encoded = [self.scored_ids(r) for r in requests]
         self._warn_cut(requests, encoded)
         shared, alone = _prompt_groups(requests, encoded, self.max_length) if self.share_prompts else ({}, list(range(len(requests))))

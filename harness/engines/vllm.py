@@ -244,6 +244,8 @@ class VLLMEngine(TokenizedEngine):
     def logprobs(self, requests, progress=None) -> list[TokenScores]:
         if not requests:
             return []
+        if any(r.grad_norm for r in requests):
+            raise ValueError("the vLLM engine computes no gradients: route grad_norm requests to the HF engine (RoutedEngine)")
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 

@@ -60,6 +60,8 @@ from harness.run.results import (
 )
 from harness.training.loop import TrainConfig, check_shardable, epoch_plan, train
 from harness.leaderboard.intervals import record_intervals
+from harness.training import lora
+from harness.training.lora import LoraSettings
 
 
 #: where ad-hoc runs write (git-ignored); the committed records of the default run live in results/
@@ -125,8 +127,8 @@ class Runner:
         self.methods = resolve_methods(req.methods)
         self.method_cls = {m: METHODS.get(m) for m in self.methods}
         sections = {
-            "train": TrainConfig, "finetune": TrainConfig, "eval": EvalConfig, "benchmark": self.bench_cls.Config,
-            "attack": AttackConfig,
+            "train": TrainConfig, "train.lora": LoraSettings, "finetune": TrainConfig, "eval": EvalConfig,
+            "benchmark": self.bench_cls.Config, "attack": AttackConfig,
             **{m: cls.Config for m, cls in self.method_cls.items()},
         }
         self.overrides = cfgmod.normalise_overrides(req.overrides, sections)
@@ -145,6 +147,8 @@ class Runner:
         self.finetune_cfg = cfgmod.build(TrainConfig, "finetune", [ft_defaults, self.overrides])
         self.results_dir = Path(req.results_dir) if req.results_dir is not None else None
         self._check_needs()
+        for name in self.methods:   # train.lora.* checked before any model loads
+            self.lora_settings(name)
         attack_names = parse_attacks(self.eval_cfg.attacks)   # validated up front, like everything above
         self.attacks = Attacks(attack_names, cfgmod.build(AttackConfig, "attack", [self.overrides]), self.bench,
                                self.finetune_cfg, req.seed, self.bench_cls.columns, self.log) if attack_names else None
@@ -331,6 +335,8 @@ class Runner:
         )
         if train_cfg.max_steps:
             settings += f", max_steps={train_cfg.max_steps}"
+        if self.lora_settings(name).enabled:
+            settings += f", lora r={self.lora_settings(name).r}"
         if self.eval_cfg.per_epoch:
             settings += ", eval.per_epoch=true"
         if self.eval_cfg.select != "last":
@@ -344,7 +350,12 @@ class Runner:
         return {
             **self._base_config(), "method": name, "method_config": dataclasses.asdict(method_cfg),
             "train": dataclasses.asdict(train_cfg),
+            **({"lora": lora.describe(self.lora_settings(name))} if self.lora_settings(name).enabled else {}),
         }
+
+    def lora_settings(self, name: str) -> LoraSettings:
+        defaults = self.bench_cls.method_defaults
+        return cfgmod.build(LoraSettings, "train.lora", [defaults.get("*", {}), defaults.get(name, {}), self.overrides])
 
     def _cell(self, method: str, label: str, kind: str, resolved: dict, summary: RunSummary, work, settings: str = "",
               code: dict | None = None) -> dict | None:
@@ -441,7 +452,8 @@ class Runner:
         target_weights = fingerprint(loaded.model) if self.ranks.is_main else None   # to flag a run that changed nothing
         try:
             result = train(loaded.model, loaded.tokenizer, method, forget, self.bench.retain_train(),
-                           train_cfg, self.req.seed, progress=self.progress, log=self.log, on_epoch_end=per_epoch)
+                           train_cfg, self.req.seed, progress=self.progress, log=self.log, on_epoch_end=per_epoch,
+                           lora=self.lora_settings(method.name))
         except HarnessError as exc:  # this method's settings do not fit this data: fail its cell only
             raise MethodSettingsError(str(exc)) from None
         if not self.ranks.is_main:  # the other ranks only train; the main process evaluates and saves

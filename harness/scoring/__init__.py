@@ -10,12 +10,14 @@ from harness.scoring.memorization import exact_memorization, extraction_strength
 from harness.scoring.privacy import (
     MUSE_BOOKS_RETRAIN_AUC,
     MUSE_NEWS_RETRAIN_AUC,
+    gradnorm_score,
     loss_score,
     mia_auc,
     min_k_plus_plus_score,
     min_k_score,
     muse_auc,
     privleak,
+    reference_score,
     zlib_score,
 )
 from harness.scoring.probability import (
@@ -39,6 +41,7 @@ __all__ = [
     "extraction_strength",
     "without_eos_prediction",
     "forget_quality",
+    "gradnorm_score",
     "loss_score",
     "mean_or_error",
     "mean_token_probability",
@@ -49,6 +52,7 @@ __all__ = [
     "muse_auc",
     "normalised_answer_probability",
     "privleak",
+    "reference_score",
     "rouge_l_f1",
     "rouge_l_recall",
     "truncate_at_stop",

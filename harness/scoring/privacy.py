@@ -77,6 +77,33 @@ def min_k_plus_plus_score(
     return -_lowest_k_mean(z, k)
 
 
+@metric(
+    "reference_score",
+    "privacy",
+    "Reference attack: mean token NLL of the text minus that under a reference model (retain model by default).",
+)
+def reference_score(logprobs: Sequence[float], reference_logprobs: Sequence[float]) -> float:
+    """Reference = LOSS(model) - LOSS(reference model) (Carlini et al. 2021; OpenUnlearning ``mia/reference.py``).
+
+    Both are mean token NLLs of the same scored tokens; a text the model fits much better than a
+    reference that never saw it scores low (member-like).
+    """
+    return loss_score(logprobs) - loss_score(reference_logprobs)
+
+
+@metric(
+    "gradnorm_score",
+    "privacy",
+    "GradNorm attack: mean over parameter tensors of the L2 norm of the text's mean-NLL gradient (HF engine).",
+)
+def gradnorm_score(grad_norm: float | None) -> float:
+    """GradNorm (OpenUnlearning ``mia/gradnorm.py``, p = 2; arXiv 2402.17012): a fitted text has a small
+    loss gradient. The engine computes the statistic (``TokenScores.grad_norm``); this checks it exists."""
+    if grad_norm is None or not np.isfinite(grad_norm):
+        raise ValueError(f"GradNorm needs a finite gradient norm from the HF engine, got {grad_norm!r}")
+    return float(grad_norm)
+
+
 def _auc(positive: Sequence[float], negative: Sequence[float], what: str) -> float:
     """ROC AUC with ``positive`` labelled 1, ``negative`` 0 and the negated score as decision value."""
     pos, neg = np.asarray(positive, dtype=float).ravel(), np.asarray(negative, dtype=float).ravel()

@@ -26,6 +26,7 @@ from harness.data.chat import prompt_text
 from harness.errors import HarnessError
 from harness.training.finetune import Finetune
 from harness.training.losses import sequence_logprob
+from harness.training.lora import LoraSettings, adapted, merged_copy
 from harness.methods.base import (
     NEEDS_REFERENCE_LOGPROBS,
     NEEDS_REFERENCE_MODEL,
@@ -128,10 +129,19 @@ class Loop:
     add_eos: bool = True
     log: Any = None
     on_epoch_end: Callable[[int, torch.nn.Module], None] | None = None
+    lora: LoraSettings | None = None   # train.lora.*: adapters on the method's linear layers (harness/training/lora.py)
 
     def run(self, method: UnlearningMethod, model: torch.nn.Module, extras: dict | None = None) -> TrainResult:
-        with only_trainable(model, method.trainable_parameters(model), method.name):
-            return run_loop(model, method, self, extras)
+        loop = self
+        if self.lora is not None and self.lora.enabled:
+            if distributed.current(next(model.parameters()).device).sharded:
+                raise HarnessError("train.lora does not work under FSDP (--use_fsdp); launch data-parallel "
+                                   "(accelerate launch --multi_gpu) or set train.lora.r=0.")
+            if self.on_epoch_end is not None:   # per-epoch evaluation sees plain, merged weights
+                loop = replace(self, on_epoch_end=lambda epoch, m: self.on_epoch_end(epoch, merged_copy(m)))
+        with adapted(model, method.trainable_parameters(model), self.lora, method.name, self.seed) as trainable:
+            with only_trainable(model, trainable, method.name):
+                return run_loop(model, method, loop, extras)
 
     def fine_tune(self, model: torch.nn.Module, cfg: TrainConfig | None = None) -> TrainResult:
         return replace(self, retain=None, cfg=cfg or self.cfg, on_epoch_end=None).run(Finetune(), model)
