@@ -29,6 +29,7 @@ from harness.run.results import atomic_write_text
 
 from .columns import DIRECTIONS, Column, format_value
 from .robustness import render_robustness
+from .versions import render_version_note
 
 __all__ = ["render_leaderboard", "write_leaderboard", "format_value", "section_key"]
 
@@ -373,6 +374,9 @@ def _render_section(benchmark: str, model: str, records: Sequence[Mapping[str, A
     parts = [f"## {section_title(benchmark, model, _data_cut(records, short=True))}", intro, body]
     if numbers:
         parts.append("\n".join(f"- {_superscript(n)} {note}" for note, n in numbers.items()))
+    mixed = render_version_note([r for row in rows for r in row.records])  # rows in table order
+    if mixed:
+        parts.append(mixed)
     robustness = render_robustness(rows, columns)
     if robustness:
         parts.append(robustness)
