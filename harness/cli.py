@@ -206,7 +206,10 @@ def _request(args, **extra):
 
 def cmd_run(args) -> int:
     from harness.run.runner import Runner
+    from harness.runtime.lock import drift_warning
 
+    if (lock_warning := drift_warning()) is not None:  # before any work: numbers may differ from results/
+        print(lock_warning, file=sys.stderr)
     req = _request(args, methods=args.methods, target=args.target, retain=args.retain, results_dir=args.results_dir,
                    force=args.force, save_models=args.save_models, models_dir=args.models_dir)
     started = time.perf_counter()

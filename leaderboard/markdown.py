@@ -30,6 +30,7 @@ from harness.run.results import atomic_write_text
 from .columns import DIRECTIONS, Column, format_value
 from .intervals import AT_P_MIN, TIED, CellUncertainty, cell_interval, forget_quality_ks, test_against_best, within_target
 from .robustness import render_robustness
+from .versions import render_version_note
 
 __all__ = ["render_leaderboard", "write_leaderboard", "format_value", "section_key"]
 
@@ -479,6 +480,9 @@ def _render_section(benchmark: str, model: str, records: Sequence[Mapping[str, A
     uncertainty = _uncertainty_note(rows, columns)
     if uncertainty:
         parts.append(uncertainty)
+    mixed = render_version_note([r for row in rows for r in row.records])  # rows in table order
+    if mixed:
+        parts.append(mixed)
     robustness = render_robustness(rows, columns)
     if robustness:
         parts.append(robustness)
