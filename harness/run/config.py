@@ -137,7 +137,7 @@ def normalise_overrides(overrides: dict[str, str], sections: dict[str, type]) ->
     return out
 
 
-FIXED_SECTIONS = ("train", "finetune", "eval", "benchmark", "attack")
+FIXED_SECTIONS = ("train", "train.lora", "finetune", "eval", "benchmark", "attack")
 
 
 def _method_not_in_run(full: str, sections: dict[str, type]) -> str | None:
