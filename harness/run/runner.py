@@ -88,6 +88,8 @@ class RunRequest:
     eval_cache: bool = True        # reuse engine outputs of identical weights (harness/engines/cache.py)
     engine: str = field(default_factory=default_engine)   # auto, hf or vllm (harness/engines/factory.py)
     trains: bool = True   # False for eval/prepare: methods are named only so that their --set keys are valid
+    threads: int | None = None     # torch's CPU threads, part of a CPU cell's identity; None: as torch is set now
+                                   # (the CLI resolves --threads first; executors pass it on to their tasks)
 
 
 @dataclass
@@ -112,6 +114,8 @@ def resolve_methods(spec: str) -> list[str]:
 class Runner:
     def __init__(self, req: RunRequest, progress=None, log=print):
         self.req, self.progress, self.log = req, progress, log
+        if req.threads is not None and req.threads != torch.get_num_threads():
+            threads.apply(req.threads)   # a task of --executor ray|slurm computes with the driver's count
         self.ranks = distributed.current(pick_device(req.device))   # several only under accelerate launch
         self.device = self.ranks.device
         if not self.ranks.is_main:  # one voice: the main process logs, evaluates and writes
@@ -217,7 +221,7 @@ class Runner:
             "data_fingerprint": self.bench.data_info().get("fingerprint"), "limit": self.req.limit,
             "model": self.model_label, "target": self.req.target, "retain": self.req.retain,
             "finetune": None if self.req.target else dataclasses.asdict(self.finetune_cfg),
-            "eval": evaluation, **attacks,
+            "eval": evaluation, **attacks, **threads.identity(self.device),
         }
 
     # --- the run -----------------------------------------------------------------------------
@@ -384,7 +388,7 @@ class Runner:
         record = {
             "schema": 1, "benchmark": self.bench.name, "model": self.model_label, "method": method, "row": label,
             "kind": kind, "seed": self.req.seed, "config_id": cid, "config": resolved,
-            "overrides": self.req.overrides, "settings": settings or "evaluation only",
+            "overrides": self.req.overrides, "settings": shown_settings(settings, resolved),
             "data": self.bench.data_info(), "versions": versions(), "commit": git_commit(), "device": str(self.device),
             **({"code": code} if code else {}),
             "threads": threads.describe(),
@@ -637,6 +641,13 @@ class PerEpoch:
     def summary(self, losses: list[float], steps_per_epoch: int, total: int) -> list[dict]:
         """Per epoch: its scores and the loss of its last optimiser step."""
         return [{**e, "loss": losses[min(e["epoch"] * steps_per_epoch, total) - 1]} for e in self.epochs]
+
+
+def shown_settings(settings: str, resolved: dict) -> str:
+    """The record's ``settings`` line (the leaderboard's Settings column): the method's settings, or
+    'evaluation only', then the CPU thread count where it is part of the cell (threads.identity)."""
+    cpu = f"threads={resolved['cpu_threads']}" if "cpu_threads" in resolved else ""
+    return ", ".join(part for part in (settings or "evaluation only", cpu) if part)
 
 
 def weights_folder(spec: str) -> Path | None:
