@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harness.data.hub import hub_unreachable
-from harness.errors import HarnessError, unknown_name_error
+from harness.errors import HarnessError, closest
 
 PREFIX = "lm_eval"
 LOCAL_BUILDERS = ("json", "parquet", "csv", "text", "arrow")
@@ -135,10 +135,18 @@ def registered_config(name: str) -> dict[str, Any]:
     """The YAML config of a registered lm-eval task (includes resolved), as lm-eval would load it."""
     entry = task_manager().task_index.get(name)
     if entry is None or entry.yaml_path is None:
-        raise unknown_name_error("lm-eval task", name, task_manager().all_subtasks)
+        raise _unknown_task(name)
     from lm_eval.tasks._yaml_loader import load_yaml
 
     return dict(load_yaml(entry.yaml_path, resolve_func=True))
+
+
+def _unknown_task(name: str) -> HarnessError:
+    """An unknown task name, with the nearest registered ones (lm-eval knows thousands: no full list)."""
+    near = closest(name, task_manager().all_tasks)
+    hint = f" Did you mean: {', '.join(near)}?" if near else ""
+    return HarnessError(f"unknown lm-eval task '{name}'.{hint} `lm_eval ls tasks` lists the registered tasks; "
+                        "a local task is named by its .yaml file.")
 
 
 def _from_yaml(path: Path) -> LmEvalTask:
@@ -191,7 +199,7 @@ def parse_tasks(spec: str) -> list[LmEvalTask]:
         else:
             manager = task_manager()
             if item not in manager.all_tasks:
-                raise unknown_name_error("lm-eval task", item, manager.all_groups + manager.all_subtasks)
+                raise _unknown_task(item)
             tasks.append(LmEvalTask(item))
     check_distinct(tasks)
     return tasks
