@@ -91,8 +91,16 @@ def test_lm_eval_multiple_choice_matches_a_hand_computed_log_likelihood(wmdp_cop
 def test_limit_reaches_lm_eval(wmdp_copy, offline):
     root, _ = wmdp_copy
     tasks = Wmdp(WmdpConfig(subsets="cyber", utility="none"), root).lm_eval_tasks()
+    import random
+
+    import numpy as np
+
     loaded = load_model("tiny-random", torch.device("cpu"))
+    states = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
     result = lm_eval_route.evaluate(loaded.model, loaded.tokenizer, tasks, limit=2)
+    # lm-eval's seeding is off and the streams it draws from are restored: training's randomness is left alone
+    assert torch.equal(torch.get_rng_state(), states[0]) and random.getstate() == states[1]
+    assert (np.random.get_state()[1] == states[2]).all()
     assert len(result.per_sample["lm_eval/wmdp_cyber"]) == 2
     assert set(result.aggregates) == {"lm_eval/wmdp_cyber/acc"}
 

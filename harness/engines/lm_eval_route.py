@@ -22,8 +22,9 @@ A task is named three ways:
 
 What differs from ``lm_eval --model hf``: the model is the one in memory (after unlearning, before
 it is saved), on its device and dtype; lm-eval's global seeding (``random``, numpy, torch) is
-turned off so that an evaluation between epochs leaves training's random state alone (the
-few-shot sampler keeps lm-eval's seed 1234); stderr bootstraps are skipped (the leaderboard's
+turned off and the global random streams (Python's, numpy's, torch's CPU one) are put back afterwards, so that
+an evaluation between epochs leaves training's random state alone (the few-shot sampler keeps lm-eval's
+seed 1234); stderr bootstraps are skipped (the leaderboard's
 intervals come from the per-document rows). The HF engine, the vLLM engine and the evaluation
 cache are not involved: every evaluation runs these tasks afresh, on the HF model.
 """
@@ -263,8 +264,16 @@ def evaluate(model, tokenizer, tasks: Sequence[LmEvalTask], batch_size: int = 0,
     lm_eval = _lm_eval()
     from lm_eval.models.huggingface import HFLM
 
+    import random
+
+    import numpy as np
+    import torch
+
     started = time.perf_counter()
     was_training = model.training
+    # lm-eval draws from the global random streams (Python's, while building requests): put them back after,
+    # so that an evaluation between epochs leaves training's randomness as it was
+    streams = (random.getstate(), np.random.get_state(), torch.get_rng_state())
     try:
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size or 8)
         out = lm_eval.simple_evaluate(
@@ -273,6 +282,9 @@ def evaluate(model, tokenizer, tasks: Sequence[LmEvalTask], batch_size: int = 0,
         )
     finally:
         model.train(was_training)   # HFLM puts the model in eval mode
+        random.setstate(streams[0])
+        np.random.set_state(streams[1])
+        torch.set_rng_state(streams[2])
     if out is None:
         raise HarnessError("lm-eval returned no results (a distributed rank other than 0?)")
     result = LmEvalOutcome()
