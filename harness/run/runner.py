@@ -215,6 +215,8 @@ class Runner:
                 evaluation.pop(key)
         if not evaluation.get("attacks"):  # runs without attacks keep the config ids they always had
             evaluation.pop("attacks", None)
+        if not evaluation.get("lm_eval_tasks"):  # likewise runs without lm-eval tasks
+            evaluation.pop("lm_eval_tasks", None)
         attacks = {"attack": self.attacks.settings()} if self.attacks else {}
         # lm-eval task definitions and their local data; runs without tasks keep their config ids
         lm_eval = {"lm_eval": [t.describe() for t in self.lm_eval_tasks]} if self.lm_eval_tasks else {}
