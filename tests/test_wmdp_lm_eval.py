@@ -195,6 +195,11 @@ def test_wmdp_end_to_end_and_lm_eval_tasks_on_another_benchmark(wmdp_copy, offli
     assert records["ga"]["training"]["steps"] == 2
     board = (out / "LEADERBOARD.md").read_text()
     assert "WMDP-Bio ↓" in board and "WMDP-Cyber ↓" in board and "mini_utility acc (lm-eval) ↑" in board
+    from harness.leaderboard.html import render_html
+    from harness.registry import BENCHMARKS
+
+    html = render_html(list(records.values()), {n: list(c.columns) for n, c in BENCHMARKS.items()})
+    assert "mini_utility acc (lm-eval)" in html and "WMDP-Bio" in html
 
     # the same route as a utility family of any benchmark: eval.lm_eval_tasks on the built-in synthetic one
     other = tmp_path / "synthetic"
