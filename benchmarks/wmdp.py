@@ -201,7 +201,7 @@ class Wmdp(Benchmark):
         for subset in self.subsets:
             if self.offline:
                 path = self.question_files[subset]
-                tasks.append(LmEvalTask.local(task_name(subset), {"test": path}, BUILDERS[path.suffix]))
+                tasks.append(LmEvalTask.local(task_name(subset), {"test": path}, BUILDERS[path.suffix], folder="wmdp"))
             else:
                 tasks.append(LmEvalTask(task_name(subset)))
         if self.utility_tasks is None:
