@@ -39,6 +39,7 @@ from harness.engines.factory import EvalEngines, default_engine, resolve_engine
 from harness.errors import HarnessError
 from harness.engines.cache import EvalCache
 from harness.engines.plan import run_plan
+from harness.engines import lm_eval_route
 from harness.runtime.random_models import RANDOM_SOURCE, is_random_spec
 from harness.runtime.random_models import source_text as random_source
 from harness.runtime.models import SMOLLM2_ALIAS, cache_root, fingerprint, load_model, pick_device, portable_path, smollm2_folder
@@ -154,6 +155,10 @@ class Runner:
         self._check_needs()
         for name in self.methods:   # train.lora.* checked before any model loads
             self.lora_settings(name)
+        # lm-eval tasks: the benchmark's own (WMDP) and eval.lm_eval_tasks, resolved and checked reachable up front
+        self.lm_eval_tasks = [*self.bench.lm_eval_tasks(), *lm_eval_route.parse_tasks(self.eval_cfg.lm_eval_tasks)]
+        lm_eval_route.check_distinct(self.lm_eval_tasks)
+        lm_eval_route.check_reachable(self.lm_eval_tasks, f"benchmark '{self.bench.name}'")
         attack_names = parse_attacks(self.eval_cfg.attacks)   # validated up front, like everything above
         self.attacks = Attacks(attack_names, cfgmod.build(AttackConfig, "attack", [self.overrides]), self.bench,
                                self.finetune_cfg, req.seed, self.bench_cls.columns, self.log) if attack_names else None
@@ -215,13 +220,17 @@ class Runner:
                 evaluation.pop(key)
         if not evaluation.get("attacks"):  # runs without attacks keep the config ids they always had
             evaluation.pop("attacks", None)
+        if not evaluation.get("lm_eval_tasks"):  # likewise runs without lm-eval tasks
+            evaluation.pop("lm_eval_tasks", None)
         attacks = {"attack": self.attacks.settings()} if self.attacks else {}
+        # lm-eval task definitions and their local data; runs without tasks keep their config ids
+        lm_eval = {"lm_eval": [t.describe() for t in self.lm_eval_tasks]} if self.lm_eval_tasks else {}
         return {
             "benchmark": self.bench.name, "benchmark_config": dataclasses.asdict(self.bench.config),
             "data_fingerprint": self.bench.data_info().get("fingerprint"), "limit": self.req.limit,
             "model": self.model_label, "target": self.req.target, "retain": self.req.retain,
             "finetune": None if self.req.target else dataclasses.asdict(self.finetune_cfg),
-            "eval": evaluation, **attacks, **threads.identity(self.device),
+            "eval": evaluation, **attacks, **lm_eval, **threads.identity(self.device),
         }
 
     # --- the run -----------------------------------------------------------------------------
@@ -532,6 +541,10 @@ class Runner:
         scores = bench.score(outputs, reference)
         if self_reference:  # the retain model against itself: forget quality 1, PrivLeak 0 by definition
             scores = bench.score(outputs, scores.reference_values)
+        lm_eval = self._lm_eval(loaded)   # the route beside the plan: lm-eval's own tasks on the same model
+        if lm_eval is not None:
+            scores.aggregates.update(lm_eval.aggregates)
+            scores.per_sample.update(lm_eval.per_sample)
         for warning in scores.warnings:   # once per run; every cell's record keeps its own
             self._warn(f"warning: {bench.name}: {warning}")
         return {
@@ -545,7 +558,15 @@ class Runner:
             "eval_counts": {**outputs.counts, **getattr(engine, "counts", {})},
             "eval_engines": engine.record(),
             "eval_runtime": {**engine.describe(), **threads.describe()},
+            **({"lm_eval": lm_eval.info} if lm_eval is not None else {}),
         }
+
+    def _lm_eval(self, loaded):
+        """The run's lm-eval tasks on ``loaded`` (None without any): columns lm_eval/<task>/<metric>."""
+        if not self.lm_eval_tasks:
+            return None
+        return lm_eval_route.evaluate(loaded.model, loaded.tokenizer, self.lm_eval_tasks, self.eval_cfg.batch_size,
+                                      self.req.limit)
 
     def _eval_truncation(self, tokenizer, bench, plan) -> dict[str, int]:
         """Items of each request list of the evaluated ``plan`` longer than eval.max_length (counted once
