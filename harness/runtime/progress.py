@@ -134,22 +134,28 @@ def is_terminal(stream) -> bool:
 # --- the whole run ---------------------------------------------------------------------------
 
 
-def estimate_left(finished: list[tuple[str, float]], pending: list[str], current_s: float = 0.0) -> float | None:
-    """Seconds a run has left: each pending cell (its kind, e.g. "reference" or "method") costs the
-    mean time of the finished cells of its kind, or, where none has finished yet, of all finished
-    cells; the first pending cell is the current one, ``current_s`` into its work. None until a
-    cell has finished (there is nothing to estimate from), 0.0 when nothing is pending.
+def estimate_left(finished: list[tuple[str, float]], pending: list[str],
+                  current_s: float = 0.0) -> tuple[float, list[str]] | None:
+    """Seconds a run has left, and the pending kinds not timed yet (if any, the seconds are a lower bound).
+
+    Each pending cell (its kind, "reference" or "method") costs the mean time of the finished
+    cells of its kind; the first pending cell is the current one, ``current_s`` into its work. A
+    kind none of whose cells has finished yet is costed at the smallest mean known, and the sum is
+    then a lower bound (a method cell evaluates like a reference cell, and trains first). None
+    until a cell has finished (nothing to estimate from); (0.0, []) when nothing is pending.
     """
     if not pending:
-        return 0.0
+        return 0.0, []
     if not finished:
         return None
     by_kind: dict[str, list[float]] = {}
     for kind, seconds in finished:
         by_kind.setdefault(kind, []).append(seconds)
-    overall = sum(s for _, s in finished) / len(finished)
-    cost = [sum(by_kind[k]) / len(by_kind[k]) if k in by_kind else overall for k in pending]
-    return max(cost[0] - current_s, 0.0) + sum(cost[1:])
+    means = {kind: sum(times) / len(times) for kind, times in by_kind.items()}
+    smallest = min(means.values())
+    cost = [means.get(kind, smallest) for kind in pending]
+    untimed = sorted({kind for kind in pending if kind not in means})
+    return max(cost[0] - current_s, 0.0) + sum(cost[1:]), untimed
 
 
 @dataclass
@@ -186,7 +192,8 @@ class RunProgress:
         self.done.append(name)
         self.current = None
 
-    def left_s(self) -> float | None:
+    def left_s(self) -> tuple[float, list[str]] | None:
+        """``estimate_left`` for the cells not done yet, the current one first."""
         pending = [kind for name, kind in self.cells if name not in self.done]
         if self.current in dict(self.cells) and self.current not in self.done:   # the current cell first
             pending.remove(dict(self.cells)[self.current])
@@ -202,8 +209,12 @@ class RunProgress:
         if len(self.done) == len(self.cells):
             return f"run: {len(self.done)}/{len(self.cells)} cells done in {spent}"
         left = self.left_s()
-        estimate = (f"about {duration(left)} left" if left is not None
-                    else "time left known after the first computed cell")
+        if left is None:
+            estimate = "time left known after the first computed cell"
+        elif left[1]:
+            estimate = f"at least {duration(left[0])} left (no {' or '.join(left[1])} cell timed yet)"
+        else:
+            estimate = f"about {duration(left[0])} left"
         now = f", now {self.current}" if self.current and self.current not in self.done else ""
         return (f"run: {len(self.done)}/{len(self.cells)} cells done{now}, {spent} so far, "
                 f"{estimate}")
