@@ -62,14 +62,15 @@ def test_estimate_uses_the_mean_of_finished_cells_of_the_same_kind():
 
 def test_a_kind_not_timed_yet_gives_a_lower_bound():
     # only reference cells finished (15 s mean): a method costs at least that (it evaluates, and trains)
-    assert estimate_left([("reference", 10.0), ("reference", 20.0)], ["method", "method"]) == (30.0, ["method"])
+    assert estimate_left([("reference", 10.0), ("reference", 20.0)], ["method", "method"]) == (30.0, ["no method cell timed yet"])
     # the smallest mean known, not the overall one: still a lower bound with slow cells of another kind
     finished = [("reference", 10.0), ("method", 100.0), ("method", 100.0)]
-    assert estimate_left(finished, ["sweep", "method"]) == (110.0, ["sweep"])
+    assert estimate_left(finished, ["sweep", "method"]) == (110.0, ["no sweep cell timed yet"])
 
 
-def test_estimate_never_goes_below_the_rest_when_a_cell_runs_long():
-    assert estimate_left([("method", 50.0)], ["method", "method"], current_s=200.0) == (50.0, [])
+def test_a_cell_past_its_estimate_leaves_a_lower_bound():
+    assert estimate_left([("method", 50.0)], ["method", "method"], current_s=200.0) == (
+        50.0, ["this cell is past its estimate"])
 
 
 def test_no_estimate_before_a_cell_finished_and_none_left_at_the_end():
@@ -87,7 +88,7 @@ def test_run_progress_counts_cells_and_estimates_from_their_times():
     assert run.status() == "run: 0/4 cells done, now retain, 5 min so far, time left known after the first computed cell"
     run.finish("retain", computed=True)            # 20 s of evaluation
     assert run.timed == [("reference", 20.0)]
-    assert run.left_s() == (60.0, ["method"])      # 3 cells at the only mean known, 20 s: at least that
+    assert run.left_s() == (60.0, ["no method cell timed yet"])      # 3 cells at the only mean known, 20 s: at least that
     assert run.status() == "run: 1/4 cells done, 5 min so far, at least 1 min left (no method cell timed yet)"
     run.start("target")
     run.finish("target", computed=False)           # skipped: a finished record, no time to learn from
@@ -100,9 +101,11 @@ def test_run_progress_counts_cells_and_estimates_from_their_times():
     clock.tick(40)
     assert run.left_s() == (60.0, [])              # 100 s estimated, 40 s of it spent
     assert run.status() == "run: 3/4 cells done, now npo, 8 min so far, about 1 min left"
-    clock.tick(30)
+    clock.tick(70)
+    assert run.status() == ("run: 3/4 cells done, now npo, 9 min so far, time left unknown "
+                            "(this cell is past its estimate)")
     run.finish("npo", computed=True)
-    assert run.status() == "run: 4/4 cells done in 8 min"
+    assert run.status() == "run: 4/4 cells done in 9 min"
 
 
 def test_a_task_line_says_how_far_it_is_and_its_own_time_left():

@@ -136,13 +136,14 @@ def is_terminal(stream) -> bool:
 
 def estimate_left(finished: list[tuple[str, float]], pending: list[str],
                   current_s: float = 0.0) -> tuple[float, list[str]] | None:
-    """Seconds a run has left, and the pending kinds not timed yet (if any, the seconds are a lower bound).
+    """Seconds a run has left, and why that is only a lower bound (empty: a plain estimate).
 
     Each pending cell (its kind, "reference" or "method") costs the mean time of the finished
     cells of its kind; the first pending cell is the current one, ``current_s`` into its work. A
-    kind none of whose cells has finished yet is costed at the smallest mean known, and the sum is
-    then a lower bound (a method cell evaluates like a reference cell, and trains first). None
-    until a cell has finished (nothing to estimate from); (0.0, []) when nothing is pending.
+    kind none of whose cells has finished yet is costed at the smallest mean known (a method cell
+    evaluates like a reference cell, and trains first), and a current cell already past its
+    estimate at nothing more: both make the sum a lower bound. None until a cell has finished
+    (nothing to estimate from); (0.0, []) when nothing is pending.
     """
     if not pending:
         return 0.0, []
@@ -154,8 +155,10 @@ def estimate_left(finished: list[tuple[str, float]], pending: list[str],
     means = {kind: sum(times) / len(times) for kind, times in by_kind.items()}
     smallest = min(means.values())
     cost = [means.get(kind, smallest) for kind in pending]
-    untimed = sorted({kind for kind in pending if kind not in means})
-    return max(cost[0] - current_s, 0.0) + sum(cost[1:]), untimed
+    why = [f"no {kind} cell timed yet" for kind in sorted(set(pending) - set(means))]
+    if current_s > cost[0]:
+        why.append("this cell is past its estimate")
+    return max(cost[0] - current_s, 0.0) + sum(cost[1:]), why
 
 
 @dataclass
@@ -211,8 +214,10 @@ class RunProgress:
         left = self.left_s()
         if left is None:
             estimate = "time left known after the first computed cell"
+        elif left[1] and left[0] < 1:   # the last cell, past its estimate: no bound worth saying
+            estimate = f"time left unknown ({'; '.join(left[1])})"
         elif left[1]:
-            estimate = f"at least {duration(left[0])} left (no {' or '.join(left[1])} cell timed yet)"
+            estimate = f"at least {duration(left[0])} left ({'; '.join(left[1])})"
         else:
             estimate = f"about {duration(left[0])} left"
         now = f", now {self.current}" if self.current and self.current not in self.done else ""
