@@ -424,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
 
             threads.apply(args.threads)
         load_plugins(args.plugin)
-        return COMMANDS[args.verb](args)
+        with _heartbeat(args.verb):
+            return COMMANDS[args.verb](args)
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -434,6 +435,18 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _heartbeat(verb: str):
+    """Off a terminal, the verbs that train or evaluate print a line whenever they have been silent
+    for 20 s (harness/runtime/progress.py); on a terminal tqdm's bars move instead."""
+    from contextlib import nullcontext
+
+    from harness.runtime.progress import Heartbeat, is_terminal
+
+    if verb not in ("run", "eval", "prepare") or is_terminal(sys.stderr):
+        return nullcontext()
+    return Heartbeat()
 
 
 def _exit_on_sigterm():

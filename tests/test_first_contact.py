@@ -193,7 +193,7 @@ def test_ad_hoc_runs_default_to_a_git_ignored_folder_and_make_agrees():
     assert "/runs/" in (REPO / ".gitignore").read_text().splitlines()
     makefile = (REPO / "Makefile").read_text()
     assert re.search(r"(?m)^run: .*\n\t\$\(BIN\)/harness \$\(DEFAULT_JOB\) --results-dir runs ", makefile)
-    assert re.search(r"(?m)^results: .*\n\t\$\(BIN\)/harness \$\(DEFAULT_JOB\) --results-dir results --force ", makefile)
+    assert re.search(r"(?m)^results: .*\n\t\$\(BIN\)/harness \$\(FULL_JOB\) --results-dir results --force ", makefile)
     readme = (REPO / "README.md").read_text()
     assert "`make results` regenerates them there" in readme and "writes to `runs/`" in readme
 

@@ -26,6 +26,7 @@ from typing import Any, Callable
 import torch
 
 from harness.runtime import codeversion
+from harness.runtime.progress import RunProgress, set_run_status
 from harness.training import distributed
 from harness.run import selection
 from harness.runtime import threads
@@ -169,6 +170,7 @@ class Runner:
         self.summary = RunSummary()   # what finished so far, for the message when the run is interrupted
         self._eval_cut: dict[tuple, dict[str, int]] = {}   # truncation counts per tokenizer
         self._warned: set[str] = set()
+        self.run_progress: RunProgress | None = None   # a whole run's cells done and time left (``run`` only)
 
     def output_folders(self) -> dict[str, tuple[Path, str]]:
         """The folders this run writes: checked writable before any model is loaded."""
@@ -245,8 +247,26 @@ class Runner:
         self.engines.close()
 
     def _run(self) -> RunSummary:
+        self.run_progress = RunProgress([(n, "method" if n in self.methods else "reference") for n in self.cell_names()])
+        set_run_status(self.run_progress.status)   # progress lines end with the run's position and time left
+        try:
+            return self._run_cells()
+        finally:
+            set_run_status(None)
+
+    def _timed_reference_models(self) -> tuple[str, str | None]:
+        """``reference_models``, its time left out of the cell that happens to need it first: the
+        other cells never pay it, so it would inflate their estimate."""
+        started = time.monotonic()
+        try:
+            return self.reference_models()
+        finally:
+            if self.run_progress is not None:
+                self.run_progress.exclude(time.monotonic() - started)
+
+    def _run_cells(self) -> RunSummary:
         summary = self.summary = RunSummary()
-        models = functools.cache(self.reference_models)  # prepare only once a cell really has to run
+        models = functools.cache(self._timed_reference_models)  # prepare only once a cell really has to run
         target_spec, retain_spec = (lambda: models()[0]), (lambda: models()[1])
         if self.ranks.world_size > 1:
             models()  # preparing trains on every rank together: do it before the main process goes its own way
@@ -373,6 +393,18 @@ class Runner:
 
     def _cell(self, method: str, label: str, kind: str, resolved: dict, summary: RunSummary, work, settings: str = "",
               code: dict | None = None) -> dict | None:
+        if self.run_progress is not None:
+            self.run_progress.start(method)
+        record, computed = self._cell_work(method, label, kind, resolved, summary, work, settings, code)
+        if self.run_progress is not None:   # (an exception stops the run: nothing more to estimate)
+            self.run_progress.finish(method, computed)
+            if computed:
+                self.log(f"  {self.run_progress.status()}")
+        return record
+
+    def _cell_work(self, method: str, label: str, kind: str, resolved: dict, summary: RunSummary, work, settings: str,
+                   code: dict | None) -> tuple[dict | None, bool]:
+        """The cell's record, and whether it was computed here (not skipped, not running elsewhere)."""
         cid = config_id(resolved)
         path = ensure_inside(self.results_dir, record_path(self.results_dir, self.bench.name, self.model_label, method, cid, self.req.seed))
         cell = f"{self.bench.name}/{self.model_label}/{method} seed {self.req.seed}"
@@ -384,7 +416,7 @@ class Runner:
             elif done is not None:
                 self.log(f"skip {cell}: finished record {path}")
                 summary.records.append(done)
-                return done
+                return done, False
         claim = self.ranks.broadcast(self._claim(path, kind, code) if self.ranks.is_main else None)
         if claim.state != "claimed":  # finished meanwhile, or being computed by another process
             done = self._reusable(path, code) if claim.state == "done" else None
@@ -393,7 +425,7 @@ class Runner:
                 summary.elsewhere.append(f"{method}: {owner_label(claim.owner)}")
             else:
                 summary.records.append(done)
-            return done
+            return done, False
         record = {
             "schema": 1, "benchmark": self.bench.name, "model": self.model_label, "method": method, "row": label,
             "kind": kind, "seed": self.req.seed, "config_id": cid, "config": resolved,
@@ -426,7 +458,7 @@ class Runner:
         if record["status"] in FINISHED:
             self.log(one_line_summary(record, self.bench_cls.columns, path, self._warned))
         self._free()
-        return record
+        return record, True
 
     def _claim(self, path: Path, kind: str, code: dict | None = None):
         """Claim the cell before computing it; reference rows, which later cells need, are waited for."""

@@ -8,6 +8,7 @@ download. Weights load only from safetensors or GGUF, never by unpickling.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -175,15 +176,19 @@ def _ensure_pad(tok):
 @contextmanager
 def _no_bar_in_a_pipe():
     """transformers' GGUF reader draws a tqdm bar of its own; into a pipe or log file that is one long
-    line of carriage returns. tqdm reads TQDM_DISABLE for its defaults: set it there, for this step only."""
-    if sys.stderr.isatty() or "TQDM_DISABLE" in os.environ:
+    line of carriage returns. tqdm reads TQDM_DISABLE when it is imported, not when a bar starts, so
+    the reader's own ``tqdm`` is swapped for a disabled one, for this step only."""
+    if sys.stderr.isatty():
         yield
         return
-    os.environ["TQDM_DISABLE"] = "1"
+    from transformers import modeling_gguf_pytorch_utils as gguf_reader
+
+    drawn = gguf_reader.tqdm
+    gguf_reader.tqdm = functools.partial(drawn, disable=True)
     try:
         yield
     finally:
-        os.environ.pop("TQDM_DISABLE", None)
+        gguf_reader.tqdm = drawn
 
 
 def smollm2_folder() -> Path:
