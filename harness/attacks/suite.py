@@ -201,7 +201,8 @@ class Attacks:
 
     def __init__(self, names: Sequence[str], cfg: AttackConfig, bench, finetune_cfg: TrainConfig, seed: int,
                  columns, log=print, progress=None, unlearning_budget: float | None = None):
-        self.names, self.cfg, self.bench, self.seed, self.columns = tuple(names), cfg, bench, seed, columns
+        names = tuple(dict.fromkeys(ALIASES.get(n, n) for n in names))
+        self.names, self.cfg, self.bench, self.seed, self.columns = names, cfg, bench, seed, columns
         self.log, self.progress = log, progress
         self.unlearning_budget = unlearning_budget
         self.plans: dict[str, RelearnPlan] = {}
