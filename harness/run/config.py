@@ -26,7 +26,7 @@ class EvalConfig:
                                     # 60% of free memory on GPU (changes speed and memory, not scores)
     per_epoch: bool = False     # also evaluate after every unlearning epoch (training curves)
     select: str = "last"        # checkpoint-selection rule applied to every method alike (see selection.py)
-    attacks: str = ""           # comma list of relearn, int8, int4: re-evaluate attacked copies (harness/attacks/suite.py)
+    attacks: str = ""           # comma list of relearn-heldout, relearn-same-entity, relearn-openunlearning, int8, int4 (docs/attacks.md)
     # vLLM engine (--engine vllm; docs/engines.md). auto dtype = the HF model's own (fp32 CPU, bf16 GPU).
     vllm_dtype: str = "auto"        # auto, float32, bfloat16 or float16 (bf16 on CPU: faster, changes scores)
     vllm_tensor_parallel: int = 1   # GPUs per model
