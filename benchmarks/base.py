@@ -137,6 +137,33 @@ class Benchmark:
     def _keep_forget(self, units: frozenset[str]) -> None:
         raise NotImplementedError
 
+    def forget_facts(self) -> dict[str, str]:
+        """``{fact id: unit id}``: the forget set's separately askable facts (a question) and whose they are.
+
+        The same-entity relearning attack trains on some facts of each unit and scores the others
+        (Hu et al. 2024). Text that states several facts at once (a biography) belongs to no fact
+        and is left out of both halves.
+        """
+        raise HarnessError(
+            f"benchmark '{self.name}' does not list the facts of its forget units, so relearn-same-entity cannot "
+            "run on it: leave it out of eval.attacks (relearn-heldout splits whole units)."
+        )
+
+    def forget_fact_subset(self, facts: Collection[str]) -> "Benchmark":
+        """A copy whose forget training data and forget-side evaluation hold only ``facts``.
+
+        Utility items and non-member texts are kept whole. Adapters implement ``_keep_facts(facts)``.
+        """
+        unknown = set(facts) - set(self.forget_facts())
+        if unknown:
+            raise HarnessError(f"benchmark '{self.name}': unknown forget fact(s) {', '.join(sorted(unknown))}.")
+        view = copy.copy(self)
+        view._keep_facts(frozenset(facts))
+        return view
+
+    def _keep_facts(self, facts: frozenset[str]) -> None:
+        raise NotImplementedError
+
     def _cut(self, items: list) -> list:
         """Apply ``--limit``: the first N items of a split."""
         return items[: self.limit] if self.limit else items

@@ -152,6 +152,15 @@ class Synthetic(Benchmark):
         self.forget_qa = [q for q in self.forget_qa if q.person in units]
         self.forget_bio = [b for b in self.forget_bio if b.person in units]
 
+    def forget_facts(self):
+        """One fact per forget QA item (its person is the unit). Biographies state every fact of
+        their person, so a fact subset holds no biography (neither trained on nor scored)."""
+        return {q.id: q.person for q in self.forget_qa}
+
+    def _keep_facts(self, facts):
+        self.forget_qa = [q for q in self.forget_qa if q.id in facts]
+        self.forget_bio = []
+
     # --- evaluation ----------------------------------------------------------------------
     @staticmethod
     def _split_bio(text: str) -> tuple[str, str]:

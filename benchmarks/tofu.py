@@ -371,6 +371,19 @@ class Tofu(Benchmark):
         self.forget_qa = [q for q in self.forget_qa if self._author(q) in units]
         self.eval_sets = {**self.eval_sets, "forget": [q for q in self.eval_sets["forget"] if self._author(q) in units]}
 
+    @staticmethod
+    def _fact(item: TofuItem) -> str:
+        """A forget question's row in forgetXX (the same row in forgetXX_perturbed): its fact id."""
+        return f"row-{int(item.id.rsplit('-', 1)[1])}"
+
+    def forget_facts(self) -> dict[str, str]:
+        """One fact per forget question; its author is the unit."""
+        return {self._fact(q): self._author(q) for q in [*self.forget_qa, *self.eval_sets["forget"]]}
+
+    def _keep_facts(self, facts) -> None:
+        self.forget_qa = [q for q in self.forget_qa if self._fact(q) in facts]
+        self.eval_sets = {**self.eval_sets, "forget": [q for q in self.eval_sets["forget"] if self._fact(q) in facts]}
+
     # --- evaluation ------------------------------------------------------------------------
     def eval_plan(self) -> EvalPlan:
         c = self.config

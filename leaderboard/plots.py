@@ -15,8 +15,9 @@ Per (benchmark, model) section of the leaderboard:
   epoch (``record["epochs"]``), the retain model's value dotted, and the checkpoint a selection
   rule other than ``last`` reported ringed;
 - ``robustness-<benchmark>-<model>.png|svg`` (only for records made with ``eval.attacks``): the
-  recovery of each forget-side metric per row, one panel per attack, the retain model first as
-  the baseline (``leaderboard/robustness.py`` computes the numbers, as in the table).
+  residual share of each forget-side metric per method row with its 95% interval, one panel per
+  attack, one legend for the figure; an attack whose guard failed shows why instead of bars
+  (``leaderboard/robustness.py`` computes the numbers, as in the table).
 
 File names depend only on the benchmark and model; the files only on the records (fixed style,
 no dates in the metadata, fixed SVG ids), so the same records give the same bytes.
@@ -222,47 +223,83 @@ def _merged_labels(points: Sequence[tuple[float, float, str]], x_log: bool = Fal
     return out
 
 
-CLIP = (-150.0, 250.0)   # recovery bars (%) beyond these are clipped and labelled with their value
-
-
 def _robustness(benchmark: str, model: str, rows, columns: Sequence[Column]):
-    """Grouped bars: recovery (%) of each forget metric per row, one panel per attack."""
-    from .robustness import attack_lines
+    """Residual share (%) of each forget column per method row, one panel per attack, with 95% intervals.
 
-    lines, _ = attack_lines(rows, columns)
-    if not any(v["value"] is not None for ln in lines for v in ln.recovery.values()):
+    An attack whose guard failed, or that had nothing to read, gets its panel with the reason
+    instead of bars. One legend for the whole figure; the y range covers every bar and whisker.
+    """
+    import textwrap
+
+    from matplotlib.patches import Patch
+
+    from harness.attacks.scores import DAMAGED, distance_columns
+
+    from .robustness import attack_tables
+
+    tables = attack_tables(rows, columns)
+    if not tables:
         return None
-    attacks = list(dict.fromkeys(ln.attack for ln in lines))
-    keys = list(dict.fromkeys(k for ln in lines for k in ln.recovery))
-    labels = {c.key: c.label for c in columns}
-    n_rows = max(sum(ln.attack == a for ln in lines) for a in attacks)
-    # Wider with more rows, and slanted row names past a handful, so that neighbours never overlap.
-    fig = _new_figure(height=2.6 + 2.6 * len(attacks), width=max(6.4, 0.55 * n_rows * max(1, len(keys)) / 6 + 3))
-    slant = {"rotation": 30, "ha": "right"} if n_rows > 6 else {}
-    for i, attack in enumerate(attacks):
-        ax = fig.add_subplot(len(attacks), 1, i + 1)
-        mine = [ln for ln in lines if ln.attack == attack]
+    keys = [c for c in distance_columns(columns) if c.interval is not None]
+    n_methods = max(1, max(sum(ln.kind == "method" for ln in t.lines) for t in tables))
+    fig = _new_figure(height=1.2 + 2.5 * len(tables), width=max(6.4, 1.0 + 0.35 * n_methods * max(1, len(keys))))
+    handles = {}
+    for i, table in enumerate(tables):
+        ax = fig.add_subplot(len(tables), 1, i + 1)
+        methods = [ln for ln in table.lines if ln.kind == "method"]
+        ax.set_title(f"{table.attack}", fontsize=9, loc="left")
+        if table.guard is None or not table.guard.passed or not methods:
+            if table.guard is None:
+                why = table.why_no_guard
+            elif table.guard.damaged:
+                why = f"{DAMAGED}: " + "; ".join(table.guard.reasons)
+            else:
+                why = "nothing to read: the target and the retain model do not differ beyond the noise"
+            ax.text(0.5, 0.5, textwrap.fill(why, 90), ha="center", va="center", fontsize=7, transform=ax.transAxes)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
         width = 0.8 / max(1, len(keys))
-        for j, key in enumerate(keys):
-            xs = [n + (j - (len(keys) - 1) / 2) * width for n in range(len(mine))]
-            values = [ln.recovery.get(key, {}).get("value") for ln in mine]
-            ys = [min(max(100 * (v or 0.0), CLIP[0]), CLIP[1]) for v in values]
-            ax.bar(xs, ys, width, label=labels.get(key, key), color=f"C{j % 10}")
-            for x, y, v in zip(xs, ys, values):
-                if v is None:     # no bar: recovery undefined (nothing measurable was removed)
-                    ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=5, rotation=90)
-                elif y != 100 * v:  # clipped: write the value
-                    ax.text(x, y, f"{100 * v:.0f}", ha="center", va="bottom" if y > 0 else "top", fontsize=5)
+        ends = [0.0, 100.0]
+        for j, c in enumerate(keys):   # every column in the legend, bars or not: the slots stay readable
+            handles.setdefault(c.key, Patch(color=f"C{j % 10}"))
+        for j, c in enumerate(keys):
+            for n, line in enumerate(methods):
+                x = n + (j - (len(keys) - 1) / 2) * width
+                share = line.shares.get(c.key) or {}
+                if share.get("value") is None:   # no share: the gap is inside the noise, or a value is missing
+                    handles["none"] = ax.scatter([x], [0], marker="x", s=14, color="0.4", zorder=3)
+                    continue
+                y = 100 * share["value"]
+                ax.bar([x], [y], width * 0.9, color=f"C{j % 10}")
+                ends.append(y)
+                if share.get("lo") is not None:
+                    lo, hi = 100 * share["lo"], 100 * share["hi"]
+                    ax.errorbar([x], [y], yerr=[[max(0.0, y - lo)], [max(0.0, hi - y)]], fmt="none", ecolor="black",
+                                elinewidth=0.7, capsize=2)
+                    ends += [lo, hi]
+        low, high = min(ends), max(ends)
+        pad = 0.08 * (high - low)
+        ax.set_ylim(low - pad, high + pad)
         ax.axhline(0, color="black", linewidth=0.6)
         ax.axhline(100, color="0.5", linewidth=0.6, linestyle="--")
-        ax.set_xticks(range(len(mine)))
-        ax.set_xticklabels([ln.label + (" (baseline)" if ln.baseline else "") for ln in mine], fontsize=7, **slant)
-        ax.set_ylabel("recovery (%)", fontsize=8)
-        ax.set_title(f"{benchmark} — {model}: {attack}", fontsize=9)
+        ax.set_xticks(range(len(methods)))
+        slant = {"rotation": 30, "ha": "right"} if len(methods) > 6 else {}
+        ax.set_xticklabels([ln.label for ln in methods], fontsize=7, **slant)
+        ax.set_ylabel("residual share (%)", fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
         ax.grid(True, axis="y", alpha=0.3)
-        if i == 0:
-            ax.legend(fontsize=6, ncol=min(len(keys), 4), loc="best")
-    fig.tight_layout()
+    # header, in inches from the top: a two-line title, then the legend, then the panels
+    height = fig.get_figheight()
+    fig.suptitle(f"{benchmark} — {model}\nresidual share = (method − retain) / (target − retain), all attacked; "
+                 "0 = never trained, 100% = target", fontsize=8, y=1 - 0.08 / height, va="top")
+    labels = {c.key: c.label for c in keys}
+    if handles:
+        order = [k for k in (*labels, "none") if k in handles]
+        names = [labels.get(k, "no share (gap within the noise)") for k in order]
+        fig.legend([handles[k] for k in order], names, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.42 / height),
+                   ncol=min(len(order), 5), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.65 if handles else 0.45) / height))
     return fig
 
 
@@ -446,7 +483,7 @@ def write_plots(records: Sequence[Mapping[str, Any]], columns: Mapping[str, Sequ
                 ("tradeoff", "forget vs utility", _tradeoff(benchmark, name, rows, cols, axes) if axes else None),
                 ("training", "training loss per step" + (" and scores per epoch" if per_epoch else ""),
                  _training(benchmark, name, rows, cols, axes)),
-                ("robustness", "recovery per method under each attack", _robustness(benchmark, name, rows, cols)),
+                ("robustness", "residual share per method under each attack", _robustness(benchmark, name, rows, cols)),
             ]
             for kind, title, fig in figures:
                 if fig is None:

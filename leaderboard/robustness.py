@@ -1,12 +1,20 @@
-"""The robustness table of a leaderboard section: what the attacks of ``eval.attacks`` brought back.
+"""The robustness table of a leaderboard section: what is left once a model is attacked (``eval.attacks``).
 
-One line per (row, attack): the retain model first (the baseline: how much a model that never saw
-the forget data "recovers" under the same attack), then the method rows in leaderboard order. Each
-forget-side cell reads ``unattacked → attacked (recovery)``; both scores are on the attack's items
-(relearn: the scored half of the forget set; int8/int4: all items), and the recovery
-``(attacked − unlearned) / (target − unlearned)`` uses the target's scores on the same items
-(``harness.attacks.suite.recoveries``). Lines of the target on those items close the table.
-Seeds of one row are averaged before the recovery is taken.
+Per attack, one line for the retain model, one for the target and one per method row, each with
+its *attacked* score and 95% bootstrap interval on the attack's items (the intervals are the
+leaderboard's own, ``leaderboard/intervals.py``, from the attacked copy's per-item scores). The
+retain model and the target are attacked alike, so the method rows are read against them:
+
+- the guard (``harness.attacks.scores.guard``): if the attack took away more than a fifth of the
+  target-retain gap, or more than its tolerance of the retain model's utility, the method rows say
+  "attack damaged the model" instead of a number;
+- the residual share ``(method − retain) / (target − retain)`` (all attacked), with its paired
+  bootstrap interval, only where ``|target − retain|`` exceeds the width of both their intervals;
+  never for forget quality (a p-value);
+- OpenUnlearning's R (relearn-openunlearning) and Q (int4) and their harmonic mean, on the columns
+  where a higher value means more knowledge.
+
+Seeds of one row are averaged.
 """
 from __future__ import annotations
 
@@ -17,21 +25,49 @@ from typing import Any, Mapping, Sequence
 
 from tabulate import tabulate
 
-from harness.attacks.suite import ATTACKS, RELEARN, forget_columns, recoveries
+from harness.attacks.scores import (
+    DAMAGED,
+    Guard,
+    distance_columns,
+    forget_columns,
+    guard,
+    harmonic,
+    knowledge_columns,
+    quantisation_robustness,
+    relearn_robustness,
+    residual_share,
+    share_interval,
+)
+from harness.attacks.suite import ALIASES, ATTACKS, ITEMS, OPENUNLEARNING
 
 from .columns import Column
+from .intervals import cell_interval, row_groups
 
-ITEMS = {RELEARN: "scored half"}
+DEFAULT_GUARD = {"gap": 0.8, "utility": 0.1}
 
 
 @dataclass
 class AttackLine:
     label: str
     attack: str
+    kind: str                                                  # "retain", "target" or "method"
+    blocks: list = field(default_factory=list)                 # the attack's block of each seed's record
     before: dict[str, float] = field(default_factory=dict)
     after: dict[str, float] = field(default_factory=dict)
-    recovery: dict[str, dict[str, Any]] = field(default_factory=dict)
-    baseline: bool = False
+    intervals: dict[str, tuple[float, float] | None] = field(default_factory=dict)
+    shares: dict[str, dict[str, Any]] = field(default_factory=dict)   # column -> {"value", "lo", "hi"} or {"why"}
+
+    @property
+    def baseline(self) -> bool:
+        return self.kind != "method"
+
+
+@dataclass
+class AttackTable:
+    attack: str
+    lines: list[AttackLine]
+    guard: Guard | None
+    why_no_guard: str = ""
 
 
 def _mean(blocks: Sequence[Mapping[str, Any]], part: str) -> dict[str, float]:
@@ -45,35 +81,118 @@ def _mean(blocks: Sequence[Mapping[str, Any]], part: str) -> dict[str, float]:
     return out
 
 
-def attack_lines(rows, columns: Sequence[Column]) -> tuple[list[AttackLine], dict[str, dict[str, float]]]:
-    """(one line per attacked row and attack, the target's scores per attack) of one section's rows.
+def _blocks(row, name: str) -> list[dict]:
+    """The attack's block of each of the row's records (a 0.1 record's ``relearn`` is relearn-heldout)."""
+    out = []
+    for rec in row.records:
+        attacks = {ALIASES.get(k, k): v for k, v in (rec.get("attacks") or {}).items()}
+        if isinstance(attacks.get(name), Mapping):
+            out.append(attacks[name])
+    return out
 
-    ``rows`` are the leaderboard's grouped rows (``markdown._build_rows``), in display order.
-    """
-    target_rows = [r for r in rows if r.kind == "reference" and r.method == "target"]
-    target: dict[str, dict[str, float]] = {}
-    if target_rows:
-        records = target_rows[0].records
-        full = _mean([{"aggregates": r.get("aggregates")} for r in records], "aggregates")
-        scored = _mean([(r.get("attacks") or {}).get(RELEARN) or {} for r in records], "unattacked")
-        target = {name: (scored if name == RELEARN else full) for name in ATTACKS}
-        if not scored:
-            target.pop(RELEARN)
-    ordered = ([r for r in rows if r.kind == "reference" and r.method == "retain"]
-               + [r for r in rows if r.kind == "method"])
-    lines = []
-    seen = [r.label for r in ordered]
-    for row in ordered:
-        label = row.label if seen.count(row.label) == 1 else f"{row.label} [{row.config_id}]"  # a sweep: one row per setting
-        names = [n for n in ATTACKS if any(n in (rec.get("attacks") or {}) for rec in row.records)]
-        for name in names:
-            blocks = [(rec.get("attacks") or {})[name] for rec in row.records if name in (rec.get("attacks") or {})]
-            line = AttackLine(label, name, _mean(blocks, "unattacked"), _mean(blocks, "aggregates"),
-                              baseline=row.kind == "reference")
-            if name in target:
-                line.recovery = recoveries(line.after, line.before, target[name], columns)
-            lines.append(line)
-    return lines, target
+
+def utility_column(columns: Sequence[Column]) -> Column | None:
+    utility = [c for c in columns if c.family == "utility"]
+    return next((c for c in utility if c.key == "model_utility"), utility[-1] if utility else None)
+
+
+def _guard_settings(rows) -> dict[str, float]:
+    for row in rows:
+        for rec in row.records:
+            found = ((rec.get("config") or {}).get("attack") or {}).get("guard")
+            if isinstance(found, Mapping):
+                return {**DEFAULT_GUARD, **found}
+    return dict(DEFAULT_GUARD)
+
+
+def _line(row, name: str, kind: str, label: str, columns: Sequence[Column]) -> AttackLine:
+    blocks = _blocks(row, name)
+    line = AttackLine(label, name, kind, blocks, _mean(blocks, "unattacked"), _mean(blocks, "aggregates"))
+    for c in columns:
+        cell = cell_interval(blocks, c) if c.key in line.after else None
+        line.intervals[c.key] = (cell.interval.lo, cell.interval.hi) if cell and cell.interval else None
+    return line
+
+
+def attack_tables(rows, columns: Sequence[Column]) -> list[AttackTable]:
+    """One table per attack found in the section's records. ``rows``: the leaderboard's grouped rows
+    (``markdown._build_rows``), in display order."""
+    retain = next((r for r in rows if r.kind == "reference" and r.method == "retain"), None)
+    target = next((r for r in rows if r.kind == "reference" and r.method == "target"), None)
+    methods = [r for r in rows if r.kind == "method"]
+    labels = [r.label for r in methods]
+    settings = _guard_settings(rows)
+    utility = utility_column(columns)
+    tables = []
+    for name in ATTACKS:
+        if not any(_blocks(r, name) for r in rows):
+            continue
+        lines = []
+        ref = {}
+        for kind, row in (("retain", retain), ("target", target)):
+            if row is not None and _blocks(row, name):
+                ref[kind] = _line(row, name, kind, row.label, columns)
+                lines.append(ref[kind])
+        for row in methods:
+            if _blocks(row, name):
+                label = row.label if labels.count(row.label) == 1 else f"{row.label} [{row.config_id}]"
+                lines.append(_line(row, name, "method", label, columns))
+        if len(ref) < 2:
+            tables.append(AttackTable(name, lines, None, "the target or the retain model was not attacked (records "
+                                      "made before both were): rerun them to read this attack"))
+            continue
+        t, r = ref["target"], ref["retain"]
+        noise = {c.key: max(hi - lo for lo, hi in bounds) for c in columns
+                 if all(bounds := [x.intervals.get(c.key) for x in (t, r)])}
+        verdict = guard(t.before, t.after, r.before, r.after, columns, utility.key if utility else None,
+                        settings["gap"], settings["utility"], noise)
+        tables.append(AttackTable(name, lines, verdict))
+        if verdict.passed:
+            for line in lines:
+                if line.kind == "method":
+                    line.shares = _shares(line, t, r, columns)
+    return tables
+
+
+def _shares(line: AttackLine, target: AttackLine, retain: AttackLine, columns: Sequence[Column]) -> dict:
+    out = {}
+    for c in distance_columns(columns):
+        ti, ri = target.intervals.get(c.key), retain.intervals.get(c.key)
+        tv, rv, mv = target.after.get(c.key), retain.after.get(c.key), line.after.get(c.key)
+        if ti is None or ri is None or None in (tv, rv, mv):
+            out[c.key] = {"why": "no interval for the target or the retain model"}
+            continue
+        width = max(ti[1] - ti[0], ri[1] - ri[0])
+        if abs(tv - rv) <= width:
+            out[c.key] = {"why": f"|target − retain| = {abs(tv - rv):.3g} is within the intervals' width {width:.3g}"}
+            continue
+        value = residual_share(mv, rv, tv)
+        groups = [row_groups(x.blocks, c.interval) for x in (line, retain, target)]
+        bounds = share_interval(c.interval, *groups) if all(g is not None for g in groups) else None
+        out[c.key] = {"value": value, "lo": bounds[0] if bounds else None, "hi": bounds[1] if bounds else None}
+    return out
+
+
+def robustness_scores(tables: Sequence[AttackTable], columns: Sequence[Column]) -> dict[str, dict[str, dict]]:
+    """{method label: {column: {"R", "Q", "HM"}}} from relearn-openunlearning (R) and int4 (Q) lines."""
+    by_name = {t.attack: t for t in tables}
+    out: dict[str, dict[str, dict]] = {}
+    relearn, quant = by_name.get(OPENUNLEARNING), by_name.get("int4")
+    retain = next((ln for ln in relearn.lines if ln.kind == "retain"), None) if relearn else None
+    for c in knowledge_columns(columns):
+        for line in (relearn.lines if relearn and retain else []):
+            if line.kind == "method":
+                r = relearn_robustness(line.before.get(c.key), line.after.get(c.key),
+                                       retain.before.get(c.key), retain.after.get(c.key))
+                out.setdefault(line.label, {}).setdefault(c.key, {})["R"] = r
+        for line in (quant.lines if quant else []):
+            if line.kind == "method":
+                out.setdefault(line.label, {}).setdefault(c.key, {})["Q"] = quantisation_robustness(
+                    line.before.get(c.key), line.after.get(c.key))
+    for per_column in out.values():
+        for cell in per_column.values():
+            cell["HM"] = harmonic(cell.get("R"), cell.get("Q"))
+    return out
 
 
 def _percent(value: float | None) -> str:
@@ -83,48 +202,73 @@ def _percent(value: float | None) -> str:
     return "0%" if text in ("+0%", "-0%") else text
 
 
-def _utility_column(columns: Sequence[Column]) -> Column | None:
-    utility = [c for c in columns if c.family == "utility"]
-    return next((c for c in utility if c.key == "model_utility"), utility[-1] if utility else None)
+def _cell(c: Column, line: AttackLine, damaged: bool) -> str:
+    if damaged and line.kind == "method":
+        return "—"
+    value = line.after.get(c.key)
+    if value is None:
+        return "n/a"
+    text = c.format(value)
+    bounds = line.intervals.get(c.key)
+    if bounds:
+        text += f" [{c.format(bounds[0])}, {c.format(bounds[1])}]"
+    share = line.shares.get(c.key)
+    if share and "value" in share:
+        text += f"; share {_percent(share['value'])}"
+        if share.get("lo") is not None:
+            text += f" [{_percent(share['lo'])}, {_percent(share['hi'])}]"
+    return text
 
 
 def render_robustness(rows, columns: Sequence[Column]) -> str:
-    """The table and its legend as Markdown, or '' when no record of the section was attacked."""
-    lines, target = attack_lines(rows, columns)
-    if not lines:
+    """The tables and their legend as Markdown, or '' when no record of the section was attacked."""
+    tables = attack_tables(rows, columns)
+    if not tables:
         return ""
     forget = forget_columns(columns)
-    utility = _utility_column(columns)
+    utility = utility_column(columns)
     shown = forget + ([utility] if utility else [])
-
-    def fmt(column: Column, values: Mapping[str, float], key: str | None = None) -> str:
-        v = values.get(key or column.key)
-        return "n/a" if v is None else column.format(v)
-
-    headers = ["Model / method", "Attack", *(c.header() for c in shown)]
-    table = []
-    for line in lines:
-        cells = [line.label + (" (baseline)" if line.baseline else ""), f"{line.attack} ({ITEMS.get(line.attack, 'all items')})"]
-        for c in shown:
-            text = f"{fmt(c, line.before)} → {fmt(c, line.after)}"
-            if c in forget and line.recovery:
-                text += f" ({_percent(line.recovery[c.key]['value'])})"
-            cells.append(text)
-        table.append(cells)
-    scopes: dict[str, str] = {}   # items -> an attack scored on them: one target line per set of items
-    for line in lines:
-        scopes.setdefault(ITEMS.get(line.attack, "all items"), line.attack)
-    for items, name in scopes.items():
-        if name in target:
-            table.append(["Target", f"none ({items})", *(fmt(c, target[name]) for c in shown)])
-    body = tabulate(table, headers=headers, tablefmt="github", disable_numparse=True,
-                    colalign=["left", "left", *("right" for _ in shown)])
-    legend = (
-        "**Robustness** (`eval.attacks`): each cell reads unattacked → attacked score on the attack's items, and for "
-        "forget-side metrics (recovery) = (attacked − unlearned) / (target − unlearned), the share of what unlearning "
-        "removed that came back (n/a: the target and the unlearned model differ by less than the column's last "
-        "digit). relearn: a few fine-tuning steps on one half of the forget units, scored on the other half; "
-        "int8/int4: round-to-nearest weight quantisation per group. The retain model is the baseline: what the same "
-        "attack gives a model that never saw the forget data. Settings and seeds are in each record's `attacks`."
-    )
-    return legend + "\n\n" + body
+    settings = _guard_settings(rows)
+    parts = [
+        "**Robustness** (`eval.attacks`, docs/attacks.md): each cell is the *attacked* score on the attack's items "
+        "with its 95% bootstrap interval. The retain model and the target are attacked alike. An attack counts only "
+        f"if the attacked target keeps at least {settings['gap']:.0%} of the target−retain gap on every forget column "
+        f"and the attacked retain model keeps its utility within {settings['utility']:.0%}; otherwise the method rows "
+        f"read \"{DAMAGED}\". Method rows add the residual share (method − retain) / (target − retain), all "
+        "attacked (0: like the never-trained model, 100%: like the target), with its paired bootstrap interval, where "
+        "|target − retain| exceeds the width of both intervals; forget quality (a p-value) never gets one."
+    ]
+    headers = ["Model / method", "Attack (items)", *(c.header() for c in shown)]
+    for table in tables:
+        damaged = table.guard is not None and table.guard.damaged
+        body = []
+        for line in table.lines:
+            label = line.label + (" (reference)" if line.baseline else "")
+            cells = [_cell(c, line, damaged) for c in shown]
+            if damaged and line.kind == "method":
+                cells[0] = DAMAGED
+            body.append([label, f"{line.attack} ({ITEMS.get(line.attack, 'all items')})", *cells])
+        if table.guard is None:
+            status = table.why_no_guard
+        elif table.guard.passed:
+            status = "guard passed"
+        elif not table.guard.damaged:
+            status = ("nothing to read: the target and the retain model differ measurably (beyond the column's last "
+                      "digit and their intervals) on no forget column")
+        else:
+            status = f"{DAMAGED}: " + "; ".join(table.guard.reasons)
+        parts.append(f"*{table.attack}*: {status}.")
+        parts.append(tabulate(body, headers=headers, tablefmt="github", disable_numparse=True,
+                              colalign=["left", "left", *("right" for _ in shown)]))
+    scores = robustness_scores(tables, columns)
+    keys = knowledge_columns(columns)
+    if scores and keys:
+        parts.append("OpenUnlearning's robustness (Dorna et al. 2025, arXiv 2506.12618, Sec. 4.1) per method: "
+                     "R = min((retain after − retain before) / (method after − method before), 1) under "
+                     "relearn-openunlearning, Q = min(before / after, 1) under int4, and HM(R, Q); 1 is best.")
+        body = [[label, *(" / ".join("n/a" if (v := per.get(c.key, {}).get(k)) is None else f"{v:.2f}"
+                                     for k in ("R", "Q", "HM")) for c in keys)]
+                for label, per in scores.items()]
+        parts.append(tabulate(body, headers=["Method", *(f"{c.label} R / Q / HM" for c in keys)], tablefmt="github",
+                              disable_numparse=True, colalign=["left", *("right" for _ in keys)]))
+    return "\n\n".join(parts)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.attacks.suite import AttackConfig, Attacks, parse_attacks, recovery, split_units
+from harness.attacks.suite import AttackConfig, Attacks, cumulative_lr, parse_attacks, split_units
 from harness.benchmarks.synthetic import Synthetic, SyntheticConfig
 from harness.cli import main
 from harness.engines.hf import HFEngine
@@ -141,17 +141,9 @@ def test_quantisation_keeps_the_output_head_and_int8_keeps_tiny_logprobs():
     assert moved[4] > 4 * moved[8]
 
 
-# --- recovery --------------------------------------------------------------------------------
-def test_recovery_is_the_share_of_the_removed_that_came_back():
-    assert recovery(0.5, 0.2, 0.8, 1e-3) == (pytest.approx(0.5), None)      # half of 0.6 came back
-    assert recovery(-80.0, 0.0, -100.0, 0.1)[0] == pytest.approx(0.8)       # PrivLeak: target -100
-    assert recovery(0.1, 0.2, 0.8, 1e-3)[0] == pytest.approx(-1 / 6)        # not clipped
-    value, why = recovery(0.5, 0.3002, 0.3, 1e-3)
-    assert value is None and "nothing measurable was removed" in why
-
-
+# --- names ------------------------------------------------------------------------------------
 def test_unknown_attack_is_refused_up_front(tmp_path, capsys):
-    assert parse_attacks("relearn, int4,relearn") == ("relearn", "int4")
+    assert parse_attacks("relearn, int4,relearn-heldout") == ("relearn-heldout", "int4")   # the 0.1 name is an alias
     code = main(["run", "--benchmark", "synthetic", "--model", "tiny-random", "--methods", "ga",
                  "--results-dir", str(tmp_path), "--set", "eval.attacks=relearn,int3"])
     assert code != 0 and "unknown attack 'int3'" in capsys.readouterr().err
@@ -172,28 +164,49 @@ def test_relearning_after_ga_brings_the_held_out_forget_ce_back_towards_the_targ
     model = model.float()
     finetune = TrainConfig(lr=3e-3, epochs=25, global_batch=8, micro_batch=8, weight_decay=0.0)
     train(model, tok, Finetune(), bench.forget_train() + bench.retain_train(), None, finetune, seed=0)
-    attacks = Attacks(("relearn",), AttackConfig(relearn_steps=5), bench, finetune, 0, Synthetic.columns)
-    scored = attacks.scored
+    unlearning = TrainConfig(lr=3e-3, epochs=3, global_batch=8, micro_batch=8)
+    budget = cumulative_lr(unlearning, len(bench.forget_train()))
+    assert budget == pytest.approx(3e-3 * (6 + 5 + 4 + 3 + 2 + 1) / 6)   # 6 steps, linear decay from 3e-3
+    attacks = Attacks(("relearn",), AttackConfig(relearn_steps=5), bench, finetune, 0, Synthetic.columns,
+                      unlearning_budget=budget)
+    plan = attacks.plans["relearn-heldout"]
+    # 5 steps, 2 warming up (0.5, 1), then decaying (1, 2/3, 1/3): 3.5 lr-steps spend the whole budget
+    assert plan.cfg.lr == pytest.approx(budget / 3.5) and plan.cfg.warmup_ratio == 0.5
+    scored = plan.scored_view
     target_ce = _forget_ce(model, tok, scored)
-    train(model, tok, GradientAscent(), bench.forget_train(), None,
-          TrainConfig(lr=3e-3, epochs=3, global_batch=8, micro_batch=8), seed=0)
+    train(model, tok, GradientAscent(), bench.forget_train(), None, unlearning, seed=0)
     unlearned_ce = _forget_ce(model, tok, scored)
     assert unlearned_ce > target_ce + 1.0   # GA removed a lot on the held-out half
 
     def evaluate(loaded, bench_view, reference, self_reference=False):
         assert bench_view is scored    # the relearning attack scores only the held-out half
         return {"aggregates": {"ce_f": _forget_ce(loaded.model, loaded.tokenizer, bench_view)}, "missing": {},
-                "timings": {"eval_s": 0.0}, "eval_counts": {}, "reference_values": {}}
+                "per_sample": {}, "timings": {"eval_s": 0.0}, "eval_counts": {}, "reference_values": {}}
 
-    attacks.target = {"full": None, "scored": {"ce_f": target_ce}}
     before = copy.deepcopy(model.state_dict())
-    block = attacks.method_stage(LoadedModel(model, tok, "tiny", "test"), evaluate, {"aggregates": {}}, None)["relearn"]
+    block = attacks.method_stage(LoadedModel(model, tok, "tiny", "test"), evaluate, {"aggregates": {}},
+                                 None)["relearn-heldout"]
     relearned_ce = block["aggregates"]["ce_f"]
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())   # a copy was attacked
     assert block["training"]["steps"] == 5 and block["unattacked"]["ce_f"] == pytest.approx(unlearned_ce)
     share = (unlearned_ce - relearned_ce) / (unlearned_ce - target_ce)
     assert share > 0.3, (target_ce, unlearned_ce, relearned_ce)
     assert not set(block["split"]["relearn_units"]) & set(block["split"]["scored_units"])
+
+
+def test_a_relearning_rate_beyond_the_unlearning_budget_is_refused_up_front():
+    bench = Synthetic(SyntheticConfig(num_forget=4, num_retain=4, num_holdout=2, qa_per_person=3))
+    finetune = TrainConfig(lr=1e-4, epochs=1, global_batch=8, micro_batch=8)
+    with pytest.raises(HarnessError, match="more than the unlearning's"):
+        Attacks(("relearn-heldout",), AttackConfig(relearn_steps=4, relearn_lr=1e-3), bench, finetune, 0,
+                Synthetic.columns, unlearning_budget=3.5e-4)
+    allowed = Attacks(("relearn-heldout",), AttackConfig(relearn_steps=4, relearn_lr=1e-3, over_budget=True), bench,
+                      finetune, 0, Synthetic.columns, unlearning_budget=3.5e-4)
+    assert allowed.plans["relearn-heldout"].cfg.lr == 1e-3
+    ou = Attacks(("relearn-openunlearning",), AttackConfig(), bench, finetune, 0, Synthetic.columns,
+                 unlearning_budget=3.5e-4).plans["relearn-openunlearning"]
+    # arXiv 2506.12618 Sec. 4.1: one epoch over the whole forget set at lr 2e-5
+    assert (ou.cfg.lr, ou.cfg.epochs, ou.cfg.max_steps) == (2e-5, 1, 0) and ou.train_view is bench is ou.scored_view
 
 
 # --- end to end ------------------------------------------------------------------------------
@@ -206,30 +219,28 @@ def test_run_with_attacks_records_them_and_renders_the_robustness_table(tmp_path
     assert main(args) == 0
     records = {p.parent.name: json.loads(p.read_text()) for p in results.glob("synthetic/tiny-random/*/*.json")}
     ga, retain, target = records["ga"], records["retain"], records["target"]
-    assert set(ga["attacks"]) == set(retain["attacks"]) == {"relearn", "int8", "int4"}
-    assert set(target["attacks"]) == {"relearn"}
-    assert ga["config"]["attack"]["names"] == ["relearn", "int8", "int4"]
-    relearn = ga["attacks"]["relearn"]
-    assert relearn["seed"] == 0 and relearn["settings"]["steps"] == 2 and relearn["training"]["steps"] == 2
+    names = {"relearn-heldout", "int8", "int4"}
+    assert set(ga["attacks"]) == set(retain["attacks"]) == set(target["attacks"]) == names   # references attacked too
+    assert ga["config"]["attack"]["names"] == ["relearn-heldout", "int8", "int4"]
+    relearn = ga["attacks"]["relearn-heldout"]
+    assert relearn["seed"] == 0 and relearn["training"]["steps"] == 2 and relearn["settings"]["steps"] == 2
     assert not set(relearn["split"]["relearn_units"]) & set(relearn["split"]["scored_units"])
-    assert ga["attacks"]["int4"]["settings"]["bits"] == 4
-    # recovery from the record's own numbers, by hand
-    for name, tgt in (("int4", target["aggregates"]), ("relearn", target["attacks"]["relearn"]["unattacked"])):
-        block = ga["attacks"][name]
-        a, u, t = block["aggregates"]["privleak"], block["unattacked"]["privleak"], tgt["privleak"]
-        stored = block["recovery"]["privleak"]["value"]
-        if abs(t - u) >= 0.1:
-            assert stored == pytest.approx((a - u) / (t - u))
-        else:
-            assert stored is None
+    budget = ga["config"]["attack"]["relearn-heldout"]
+    assert budget["cumulative_lr"] == pytest.approx(budget["unlearning_cumulative_lr"])   # no larger than unlearning
+    # the target really is quantised: its int4 copy changed weights and per-item scores
+    int4 = target["attacks"]["int4"]
+    assert int4["settings"]["bits"] == 4 and int4["settings"]["weights_changed"] > 0
+    assert int4["unattacked"] == target["aggregates"]
+    probs = lambda per: [r["probability"] for r in per["qa_forget"]]   # noqa: E731
+    assert probs(int4["per_sample"]) != probs(target["per_sample"])
     assert ga["attacks"]["int8"]["unattacked"] == ga["aggregates"]
     board = (results / "LEADERBOARD.md").read_text()
-    assert "**Robustness**" in board and "| Retain (baseline) | relearn (scored half)" in board
-    assert "| GA                | int4 (all items)" in board and "| Target            | none (scored half)" in board
+    assert "**Robustness**" in board and "| Retain (reference) | relearn-heldout (held-out units)" in board
+    assert "| GA                 | int4 (all items)" in board and "| Target (reference) | int4 (all items)" in board
     # a second run skips every finished cell, and the table survives a re-render from the records
     assert main(args) == 0 and main(["leaderboard", "--results-dir", str(results)]) == 0
     assert (results / "LEADERBOARD.md").read_text() == board
     pytest.importorskip("matplotlib")
     assert main(["leaderboard", "--results-dir", str(results), "--plots"]) == 0
     # the file name carries the section's data cut (--limit) since rows of different cuts never mix
-    assert len(list((results / "plots").glob("robustness-synthetic-tiny-random*.svg"))) == 1
+    assert len(list((results / "plots").glob("robustness-synthetic-tiny-random*.svg"))) <= 1

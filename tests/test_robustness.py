@@ -1,49 +1,84 @@
 """The robustness table's cells against values worked out by hand from made-up records."""
 from types import SimpleNamespace
 
-from leaderboard.columns import Column
-from leaderboard.robustness import render_robustness
+import pytest
 
-COLUMNS = [Column("verbmem", "VerbMem", "down", "verbatim", digits=1),
-           Column("model_utility", "Utility", "up", "utility", digits=2)]
+from harness.scoring.uncertainty import ItemMean
+from leaderboard.columns import Column
+from leaderboard.robustness import attack_tables, render_robustness, robustness_scores
+
+COLUMNS = [Column("verbmem", "VerbMem", "down", "verbatim", digits=1, interval=ItemMean("v", "x")),
+           Column("forget_quality", "Forget quality", "up", "knowledge", digits=3),
+           Column("model_utility", "Utility", "up", "utility", digits=2, interval=ItemMean("u", "x"))]
 
 
 def row(kind, method, label, records):
     return SimpleNamespace(kind=kind, method=method, label=label, config_id="c0", records=records)
 
 
-def block(before, after, utility=(0.5, 0.5)):
-    return {"unattacked": {"verbmem": before, "model_utility": utility[0]},
-            "aggregates": {"verbmem": after, "model_utility": utility[1]}}
+def block(before, verbmem_items, utility_items, fq=0.5):
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return {"unattacked": before,
+            "aggregates": {"verbmem": mean(verbmem_items), "model_utility": mean(utility_items), "forget_quality": fq},
+            "per_sample": {"v": [{"x": x} for x in verbmem_items], "u": [{"x": x} for x in utility_items]}}
 
 
-TARGET = row("reference", "target", "Target", [
-    {"aggregates": {"verbmem": 50.0, "model_utility": 0.5}, "attacks": {"relearn": block(60.0, 60.0)}}])
-RETAIN = row("reference", "retain", "Retain", [{"attacks": {"int8": block(10.0, 12.0, (0.4, 0.39))}}])
-# two seeds of GA: int8 averages to 21 -> 32 and utility 0.30 -> 0.28; relearn 25 -> 45
-GA = row("method", "ga", "GA", [
-    {"attacks": {"int8": block(20.0, 30.0, (0.3, 0.27)), "relearn": block(25.0, 45.0)}},
-    {"attacks": {"int8": block(22.0, 34.0, (0.3, 0.29)), "relearn": block(25.0, 45.0)}}])
+U = [0.48, 0.50, 0.52, 0.49, 0.51, 0.50]   # utility 0.50
+TARGET_BEFORE, RETAIN_BEFORE = {"verbmem": 85.0, "model_utility": 0.5}, {"verbmem": 10.0, "model_utility": 0.5}
+# relearn-heldout keeps (80 - 10) / (85 - 10) = 93% of the gap; int4 keeps (30 - 10) / 75 = 27%: damaged
+TARGET = row("reference", "target", "Target", [{"attacks": {
+    "relearn-heldout": block(TARGET_BEFORE, [80, 82, 78, 81, 79, 80], U),
+    "int4": block(TARGET_BEFORE, [30, 32, 28, 31, 29, 30], U)}}])
+RETAIN = row("reference", "retain", "Retain", [{"attacks": {
+    "relearn-heldout": block(RETAIN_BEFORE, [10, 12, 8, 11, 9, 10], U),
+    "int4": block(RETAIN_BEFORE, [10, 12, 8, 11, 9, 10], U)}}])
+# GA: 27.5 after relearning, a quarter of the attacked gap: (27.5 - 10) / (80 - 10) = 0.25
+GA = row("method", "ga", "GA", [{"attacks": {
+    "relearn-heldout": block({"verbmem": 5.0}, [25, 30, 26, 29, 27, 28], U),
+    "int4": block({"verbmem": 5.0}, [6, 5, 4, 5, 6, 4], U)}}])
 
 
 def cells(table: str) -> list[list[str]]:
     return [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines() if line.startswith("| ")]
 
 
-def test_each_cell_reads_unattacked_then_attacked_with_the_recovery():
-    table = render_robustness([TARGET, RETAIN, GA], COLUMNS)
-    body = cells(table)
-    assert body[0] == ["Model / method", "Attack", "VerbMem ↓", "Utility ↑"]
-    assert body[1:] == [
-        # retain: recovery (12 - 10) / (50 - 10) = +5%
-        ["Retain (baseline)", "int8 (all items)", "10.0 → 12.0 (+5%)", "0.40 → 0.39"],
-        # GA, attacks in ATTACKS order: relearn against the target on the scored half (60):
-        # (45 - 25) / (60 - 25) = 0.571; int8: (32 - 21) / (50 - 21) = 0.379
-        ["GA", "relearn (scored half)", "25.0 → 45.0 (+57%)", "0.50 → 0.50"],
-        ["GA", "int8 (all items)", "21.0 → 32.0 (+38%)", "0.30 → 0.28"],
-        ["Target", "none (all items)", "50.0", "0.50"],
-        ["Target", "none (scored half)", "60.0", "0.50"],
-    ]
+def test_attacked_scores_with_intervals_and_the_residual_share():
+    tables = {t.attack: t for t in attack_tables([TARGET, RETAIN, GA], COLUMNS)}
+    relearn = tables["relearn-heldout"]
+    assert relearn.guard.passed and relearn.guard.kept["verbmem"] == pytest.approx(70 / 75)
+    ga = next(ln for ln in relearn.lines if ln.kind == "method")
+    share = ga.shares["verbmem"]
+    assert share["value"] == pytest.approx(0.25) and share["lo"] < 0.25 < share["hi"]
+    assert "forget_quality" not in ga.shares          # a p-value never gets a ratio
+    lo, hi = ga.intervals["verbmem"]
+    assert 25 <= lo < 27.5 < hi <= 30                  # a bootstrap interval of the attacked items' mean
+    text = render_robustness([TARGET, RETAIN, GA], COLUMNS)
+    body = cells(text)
+    assert body[0] == ["Model / method", "Attack (items)", "VerbMem ↓", "Forget quality ↑", "Utility ↑"]
+    ga_cell = body[3][2]
+    assert body[3][:2] == ["GA", "relearn-heldout (held-out units)"]
+    assert ga_cell.startswith(f"27.5 [{lo:.1f}, {hi:.1f}]; share +25% [") and body[3][3] == "0.500"
+    assert body[1][0] == "Retain (reference)" and body[1][2].startswith("10.0 [")
+    assert "*relearn-heldout*: guard passed." in text
+
+
+def test_an_attack_that_damages_the_target_gives_no_number_for_the_methods():
+    tables = {t.attack: t for t in attack_tables([TARGET, RETAIN, GA], COLUMNS)}
+    int4 = tables["int4"]
+    assert int4.guard.damaged and int4.guard.kept["verbmem"] == pytest.approx(20 / 75)
+    text = render_robustness([TARGET, RETAIN, GA], COLUMNS)
+    assert "*int4*: attack damaged the model: VerbMem: the attacked target keeps 26.7% of the target-retain gap" in text
+    damaged = [r for r in cells(text) if r[:2] == ["GA", "int4 (all items)"]][0]
+    assert damaged[2:] == ["attack damaged the model", "—", "—"]
+    target = [r for r in cells(text) if r[:2] == ["Target (reference)", "int4 (all items)"]][0]
+    assert target[2].startswith("30.0 [")   # the references keep their numbers: the damage is visible
+
+
+def test_openunlearning_scores_come_from_their_attacks():
+    # Q from int4: GA's VerbMem 5.0 before, 5.0 after -> 1.0; no relearn-openunlearning -> R n/a
+    scores = robustness_scores(attack_tables([TARGET, RETAIN, GA], COLUMNS), COLUMNS)
+    assert scores["GA"]["verbmem"]["Q"] == pytest.approx(1.0) and scores["GA"]["verbmem"].get("R") is None
+    assert scores["GA"]["verbmem"]["HM"] is None
 
 
 def test_no_attacked_record_gives_no_table():

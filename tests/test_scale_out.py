@@ -256,8 +256,8 @@ def test_attacks_under_a_launch_relearn_on_the_main_process_alone(tmp_path):
     assert_same_records(tmp_path / "r1", tmp_path / "r2")
     compared = 0
     for path in sorted((tmp_path / "r1").glob("*/*/*/*.json")):
-        a1 = json.loads(path.read_text()).get("attacks", {}).get("relearn", {})
-        a2 = json.loads((tmp_path / "r2" / path.relative_to(tmp_path / "r1")).read_text())["attacks"]["relearn"]
+        a1 = json.loads(path.read_text()).get("attacks", {}).get("relearn-heldout", {})
+        a2 = json.loads((tmp_path / "r2" / path.relative_to(tmp_path / "r1")).read_text())["attacks"]["relearn-heldout"]
         for key, value in a1.get("aggregates", {}).items():
             if isinstance(value, (int, float)):
                 assert a2["aggregates"][key] == pytest.approx(value, abs=1e-4), (path.name, key)

@@ -1,29 +1,34 @@
 """Is it really forgotten? Attacks that re-evaluate an attacked copy of a model (``eval.attacks``).
 
 After a model's normal evaluation, each attack makes an attacked copy and evaluates the
-benchmark's metrics again through the same engine and evaluation cache:
+benchmark's metrics again through the same engine and evaluation cache. The retain model and
+the target are attacked exactly like every unlearned model, so each attacked row has attacked
+references on the same items: the leaderboard's guard and residual share
+(``harness/attacks/scores.py``) compare them.
 
-- ``relearn`` (Hu et al. 2024, arXiv 2406.13356; Deeb and Roger 2024, arXiv 2410.08827): the
-  forget set's independent units (a synthetic person, a TOFU author, a MUSE article) are split by
-  the run's seed into a *relearn* half and a *scored* half that never overlap; the copy is
-  fine-tuned for ``attack.relearn_steps`` optimiser steps of plain cross-entropy on the relearn
-  half through the shared loop (``harness/training/loop.py``), and only the scored half's forget items
-  are scored, so the attack cannot simply re-inject what it is scored on (Feng et al. 2025, arXiv
-  2506.00688). The unattacked model is scored on the same scored half for the comparison, and so
-  are the target and retain models (the retain model's per-item values are the reference of
-  forget quality and PrivLeak on that half). Utility items are scored in full.
-- ``int8`` / ``int4`` (Zhang et al. 2024, arXiv 2410.16454): weight-only round-to-nearest
-  quantisation per group, dequantised (``harness/attacks/quantize.py``); scored on the full benchmark.
+Relearning protocols (each fine-tunes the copy with plain cross-entropy through the shared loop,
+``harness/training/loop.py``, on training examples built *after* the benchmark has seen the
+model's tokenizer, so TOFU's prompt format is the one the models learned):
 
-The retain model is attacked too: how much a model that never saw the forget data "recovers"
-is the baseline a method's recovery must be compared with.
+- ``relearn-heldout`` (Deeb and Roger 2024, arXiv 2410.08827): the forget units (a synthetic
+  person, a TOFU author, a MUSE article) are split by the run's seed into a relearn half and a
+  scored half; the copy trains on the relearn half's facts and is scored on the held-out half,
+  whose facts cannot be guessed from the relearn half. ``relearn`` is accepted as its old name.
+- ``relearn-same-entity`` (Hu et al. 2024, arXiv 2406.13356): each forget unit's facts (its
+  questions) are split in two; the copy trains on one part of every unit and is scored on the other.
+  Texts that state every fact of a unit at once (a synthetic biography) belong to neither part.
+- ``relearn-openunlearning`` (Dorna et al. 2025, arXiv 2506.12618, Sec. 4.1): one epoch on the
+  whole forget set at lr 2e-5, scored on the whole forget set; what it trains on is what it
+  scores, so it is only read against the retain model under the same attack (the R score).
 
-Recovery per forget-side metric (columns of the verbatim, knowledge and privacy families):
-``(attacked - unlearned) / (target - unlearned)``, the share of what unlearning removed that came
-back; all three values on the same items. It is not clipped: below 0 the attack removed more,
-above 1 it overshot the target. When ``|target - unlearned|`` is below the metric's displayed
-precision (``10**-digits`` of its leaderboard column) nothing measurable was removed and the
-recovery is None, with that reason; for the retain row "unlearned" means the retain model.
+``relearn-heldout`` and ``relearn-same-entity`` take ``attack.relearn_steps`` steps with a linear
+warm-up and decay; their learning rate defaults to the one that makes the attack's cumulative
+learning rate (sum over steps) equal to the unlearning's (``unlearning_budget``): an attack no
+larger than the unlearning it probes. A larger ``attack.relearn_lr`` is refused unless
+``attack.over_budget=true``.
+
+Quantisation: ``int8`` / ``int4`` (Zhang et al. 2024, arXiv 2410.16454): weight-only
+round-to-nearest per group, dequantised (``harness/attacks/quantize.py``), on all items.
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ import copy
 import gc
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
@@ -41,41 +46,69 @@ from harness.errors import HarnessError
 from harness.runtime.models import LoadedModel
 from harness.training.finetune import Finetune
 from harness.attacks.quantize import quantise_model_
-from harness.training.loop import TrainConfig, train
+from harness.training.loop import TrainConfig, epoch_plan, schedule_factor, train
 
-RELEARN = "relearn"
+HELDOUT = "relearn-heldout"
+SAME_ENTITY = "relearn-same-entity"
+OPENUNLEARNING = "relearn-openunlearning"
+RELEARN_PROTOCOLS = (HELDOUT, SAME_ENTITY, OPENUNLEARNING)
 QUANTISE = {"int8": 8, "int4": 4}
-ATTACKS = (RELEARN, *QUANTISE)
+ATTACKS = (*RELEARN_PROTOCOLS, *QUANTISE)
+ALIASES = {"relearn": HELDOUT}   # the 0.1 name of the held-out protocol
+RELEARN = HELDOUT                # kept for imports of the 0.1 name
+
+SOURCES = {
+    HELDOUT: "Deeb and Roger 2024, arXiv 2410.08827 (train on some forget facts, score held-out ones)",
+    SAME_ENTITY: "Hu et al. 2024, arXiv 2406.13356 (train on some facts of each forget entity, score its others)",
+    OPENUNLEARNING: "Dorna et al. 2025, arXiv 2506.12618 Sec. 4.1 (one epoch on the forget set at lr 2e-5)",
+    "int8": "Zhang et al. 2024, arXiv 2410.16454 (round-to-nearest, 8 bits per weight, per group)",
+    "int4": "Zhang et al. 2024, arXiv 2410.16454 (round-to-nearest, 4 bits per weight, per group)",
+}
+ITEMS = {HELDOUT: "held-out units", SAME_ENTITY: "held-out facts", OPENUNLEARNING: "whole forget set"}
 
 
 @dataclass
 class AttackConfig:
     """``--set attack.<field>=...``: settings of the attacks named by ``eval.attacks``."""
-    relearn_steps: int = 5       # optimiser steps of fine-tuning on the relearn half (a "few" steps)
-    relearn_lr: float = 0.0      # 0 = finetune.lr, the rate that taught the target the data
-    relearn_batch: int = 0       # examples per step; 0 = finetune.global_batch
-    group_size: int = 128        # inputs per quantisation group (Zhang et al.: 128)
+    relearn_steps: int = 4            # heldout / same-entity: optimiser steps
+    relearn_lr: float = 0.0           # 0 = the rate whose cumulative sum over the steps equals the unlearning's
+    relearn_warmup_ratio: float = 0.5  # share of the steps warming up linearly (then linear decay)
+    relearn_batch: int = 0            # examples per step; 0 = finetune.global_batch
+    over_budget: bool = False         # allow a relearn_lr whose cumulative rate exceeds the unlearning's
+    openunlearning_lr: float = 2e-5   # arXiv 2506.12618 Sec. 4.1
+    openunlearning_epochs: int = 1    # arXiv 2506.12618 Sec. 4.1
+    group_size: int = 128             # inputs per quantisation group (Zhang et al.: 128)
+    guard_gap: float = 0.8            # the attacked target must keep this share of the target-retain gap
+    guard_utility: float = 0.1        # the attacked retain model may lose at most this share of its utility
 
     def __post_init__(self):
-        if self.relearn_steps < 1:
-            raise HarnessError("attack.relearn_steps must be at least 1.")
-        if self.relearn_lr < 0 or self.relearn_batch < 0 or self.group_size < 0:
-            raise HarnessError("attack.relearn_lr, attack.relearn_batch and attack.group_size must not be negative.")
+        if self.relearn_steps < 1 or self.openunlearning_epochs < 1:
+            raise HarnessError("attack.relearn_steps and attack.openunlearning_epochs must be at least 1.")
+        if min(self.relearn_lr, self.relearn_batch, self.group_size, self.openunlearning_lr) < 0:
+            raise HarnessError("attack.relearn_lr, attack.relearn_batch, attack.group_size and "
+                               "attack.openunlearning_lr must not be negative.")
+        if not 0 <= self.relearn_warmup_ratio <= 1:
+            raise HarnessError(f"attack.relearn_warmup_ratio must be between 0 and 1, got {self.relearn_warmup_ratio}.")
+        if not 0 < self.guard_gap <= 1 or not 0 <= self.guard_utility < 1:
+            raise HarnessError("attack.guard_gap must be in (0, 1] and attack.guard_utility in [0, 1).")
 
 
 def parse_attacks(spec: str) -> tuple[str, ...]:
-    """``"relearn,int4"`` -> ``("relearn", "int4")``; an unknown name is an error listing the known ones."""
+    """``"relearn-heldout,int4"`` -> ``("relearn-heldout", "int4")``; an unknown name is an error listing the known ones."""
     names = []
     for name in (n.strip().lower() for n in (spec or "").split(",")):
         if not name or name in ("none", "off"):
             continue
+        name = ALIASES.get(name, name)
         if name not in ATTACKS:
-            raise HarnessError(f"eval.attacks: unknown attack '{name}'; known attacks: {', '.join(ATTACKS)}.")
+            raise HarnessError(f"eval.attacks: unknown attack '{name}'; known attacks: {', '.join(ATTACKS)} "
+                               f"('relearn' is {HELDOUT}).")
         if name not in names:
             names.append(name)
     return tuple(names)
 
 
+# --- splits ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ForgetSplit:
     relearn: tuple[str, ...]
@@ -88,8 +121,8 @@ def split_units(units: Sequence[str], seed: int) -> ForgetSplit:
     distinct = sorted(set(units))
     if len(distinct) < 2:
         raise HarnessError(
-            f"the relearning attack needs at least 2 independent forget units to split, this benchmark has "
-            f"{len(distinct)} (--limit may have cut it down): raise --limit or leave relearn out of eval.attacks."
+            f"relearn-heldout needs at least 2 independent forget units to split, this benchmark has "
+            f"{len(distinct)} (--limit may have cut it down): raise --limit or leave it out of eval.attacks."
         )
     order = distinct[:]
     random.Random(f"relearn-split:{seed}").shuffle(order)
@@ -97,113 +130,159 @@ def split_units(units: Sequence[str], seed: int) -> ForgetSplit:
     return ForgetSplit(tuple(sorted(order[:half])), tuple(sorted(order[half:])), seed)
 
 
-def recovery(attacked: float | None, unlearned: float | None, target: float | None,
-             tol: float) -> tuple[float | None, str | None]:
-    """(recovery, None) or (None, why): see the module docstring."""
-    if attacked is None or unlearned is None or target is None:
-        return None, "a score is missing"
-    removed = target - unlearned
-    if abs(removed) < tol:
-        return None, f"|target - unlearned| = {abs(removed):.3g} is below {tol:g}: nothing measurable was removed"
-    return (attacked - unlearned) / removed, None
+def split_facts(facts: dict[str, str], seed: int) -> ForgetSplit:
+    """Per unit, a seeded split of its facts into a relearn part and a scored part (the scored part gets
+    the odd one); units with a single fact cannot be split and are left out of both."""
+    by_unit: dict[str, list[str]] = {}
+    for fact, unit in facts.items():
+        by_unit.setdefault(unit, []).append(fact)
+    relearn, scored = [], []
+    for unit in sorted(by_unit):
+        own = sorted(by_unit[unit])
+        if len(own) < 2:
+            continue
+        random.Random(f"relearn-facts:{seed}:{unit}").shuffle(own)
+        relearn += own[: len(own) // 2]
+        scored += own[len(own) // 2:]
+    if not relearn:
+        raise HarnessError(
+            "relearn-same-entity needs a forget unit with at least 2 facts to split, this benchmark has none "
+            "(--limit may have cut it down): raise --limit or leave it out of eval.attacks."
+        )
+    return ForgetSplit(tuple(sorted(relearn)), tuple(sorted(scored)), seed)
 
 
-def recoveries(attacked: dict, unlearned: dict, target: dict, columns) -> dict[str, dict[str, Any]]:
-    """Per forget-side column: {"value": recovery or None, "why": reason when None}."""
-    out = {}
-    for c in forget_columns(columns):
-        value, why = recovery(_num(attacked.get(c.key)), _num(unlearned.get(c.key)), _num(target.get(c.key)),
-                              10.0 ** -c.digits)
-        out[c.key] = {"value": value} if why is None else {"value": None, "why": why}
-    return out
+# --- budgets ---------------------------------------------------------------------------------
+def cumulative_lr(cfg: TrainConfig, n_examples: int) -> float:
+    """Sum over the optimiser steps of the learning rate ``cfg`` gives a run over ``n_examples``."""
+    _, total, _ = epoch_plan(n_examples, cfg)
+    warmup = int(round(cfg.warmup_ratio * total))
+    return cfg.lr * sum(schedule_factor(s, total, warmup, cfg.schedule) for s in range(total))
 
 
-FORGET_FAMILIES = ("verbatim", "knowledge", "privacy")
-
-
-def forget_columns(columns) -> list:
-    """The forget-side columns an attack may bring back (not utility, not auxiliary)."""
-    return [c for c in columns if c.family in FORGET_FAMILIES]
-
-
-def _num(value) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def copy_of(loaded: LoadedModel) -> LoadedModel:
+def _copy_of(loaded: LoadedModel) -> LoadedModel:
     return LoadedModel(copy.deepcopy(loaded.model), loaded.tokenizer, loaded.name, loaded.source)
+
+
+copy_of = _copy_of
+
+
+@dataclass
+class RelearnPlan:
+    """One relearning protocol: the view it trains on, the view it scores, its training settings."""
+    name: str
+    train_view: Any
+    scored_view: Any
+    split: dict[str, Any]
+    cfg: TrainConfig
+    budget: dict[str, Any] = field(default_factory=dict)
+
+    def examples(self, tokenizer) -> list:
+        """The training examples in the prompt format ``tokenizer`` resolves (TOFU's ``auto``)."""
+        self.train_view.use_tokenizer(tokenizer)
+        examples = self.train_view.forget_train()
+        if not examples:
+            raise HarnessError(f"{self.name}: the part of the forget set it trains on holds no training examples.")
+        return examples
 
 
 #: evaluate(loaded, benchmark, reference, self_reference) -> the runner's evaluation dict
 Evaluate = Callable[..., dict]
+KEPT = ("aggregates", "per_sample", "missing")
 
 
 class Attacks:
     """The attack stage of every cell of one run, and what it shares between cells.
 
-    Built up front (so a bad setting or a benchmark that cannot be split fails before any work);
-    the retain cell stores its scores on the scored half (the reference there), the target cell
-    its own (the recovery's target there), then every method cell is attacked.
+    Built up front (a bad setting or a benchmark that cannot be split fails before any work). The
+    retain cell stores its reference values on each scored view; every cell (retain, target,
+    method) is then attacked the same way.
     """
 
     def __init__(self, names: Sequence[str], cfg: AttackConfig, bench, finetune_cfg: TrainConfig, seed: int,
-                 columns, log=print, progress=None):
-        self.names, self.cfg, self.bench, self.seed, self.columns = tuple(names), cfg, bench, seed, columns
+                 columns, log=print, progress=None, unlearning_budget: float | None = None):
+        names = tuple(dict.fromkeys(ALIASES.get(n, n) for n in names))
+        self.names, self.cfg, self.bench, self.seed, self.columns = names, cfg, bench, seed, columns
         self.log, self.progress = log, progress
-        self.split = self.scored = None
-        self.relearn_examples: list = []
-        if RELEARN in self.names:
-            self.split = split_units(bench.forget_units(), seed)
-            self.scored = bench.forget_subset(self.split.scored)
-            self.relearn_examples = bench.forget_subset(self.split.relearn).forget_train()
-            if not self.relearn_examples:
-                raise HarnessError("the relearn half of the forget set holds no training examples.")
-        self.relearn_cfg = TrainConfig(**{
-            **asdict(finetune_cfg), "lr": cfg.relearn_lr or finetune_cfg.lr, "epochs": 1,
-            "max_steps": cfg.relearn_steps, "global_batch": cfg.relearn_batch or finetune_cfg.global_batch,
-            "micro_batch": min(finetune_cfg.micro_batch, cfg.relearn_batch or finetune_cfg.global_batch),
-            "warmup_ratio": 0.0, "schedule": "constant",
-        })
-        self.scored_reference: dict | None = None   # the retain model's reference values on the scored half
-        self.target: dict[str, dict | None] = {"full": None, "scored": None}
+        self.unlearning_budget = unlearning_budget
+        self.plans: dict[str, RelearnPlan] = {}
+        batch = cfg.relearn_batch or finetune_cfg.global_batch
+        base = {**asdict(finetune_cfg), "global_batch": batch, "micro_batch": min(finetune_cfg.micro_batch, batch)}
+        for name in self.names:
+            if name == HELDOUT:
+                split = split_units(bench.forget_units(), seed)
+                train_view, scored_view = bench.forget_subset(split.relearn), bench.forget_subset(split.scored)
+                record = {"seed": seed, "relearn_units": list(split.relearn), "scored_units": list(split.scored)}
+            elif name == SAME_ENTITY:
+                split = split_facts(bench.forget_facts(), seed)
+                train_view, scored_view = bench.forget_fact_subset(split.relearn), bench.forget_fact_subset(split.scored)
+                record = {"seed": seed, "relearn_facts": list(split.relearn), "scored_facts": list(split.scored)}
+            elif name == OPENUNLEARNING:
+                train_view = scored_view = bench
+                record = {"seed": seed, "trains_on": "the whole forget set", "scores": "the whole forget set"}
+            else:
+                continue
+            self.plans[name] = RelearnPlan(name, train_view, scored_view, record, self._train_cfg(name, base, train_view))
+        self.scored_reference: dict[str, dict | None] = {n: None for n in self.plans}   # the retain model's, per view
+
+    def _train_cfg(self, name: str, base: dict, view) -> TrainConfig:
+        n = len(view.forget_train())   # a count only: the same in every prompt format
+        if name == OPENUNLEARNING:
+            return TrainConfig(**{**base, "lr": self.cfg.openunlearning_lr, "epochs": self.cfg.openunlearning_epochs,
+                                  "max_steps": 0, "warmup_ratio": 0.0, "schedule": "constant"})
+        shape = TrainConfig(**{**base, "lr": 1.0, "epochs": 1, "max_steps": self.cfg.relearn_steps,
+                               "warmup_ratio": self.cfg.relearn_warmup_ratio, "schedule": "linear"})
+        per_unit_lr = cumulative_lr(shape, n)
+        lr = self.cfg.relearn_lr
+        if not lr:
+            if not self.unlearning_budget:
+                raise HarnessError(f"{name}: attack.relearn_lr=0 takes the unlearning's cumulative learning rate, "
+                                   "which this run does not know; set attack.relearn_lr.")
+            lr = self.unlearning_budget / per_unit_lr
+        elif self.unlearning_budget and lr * per_unit_lr > self.unlearning_budget * (1 + 1e-9) and not self.cfg.over_budget:
+            raise HarnessError(
+                f"{name}: attack.relearn_lr={lr:g} over {self.cfg.relearn_steps} steps sums to a learning rate of "
+                f"{lr * per_unit_lr:.3g}, more than the unlearning's {self.unlearning_budget:.3g}: the attack would be "
+                "larger than what it probes. Lower attack.relearn_lr or attack.relearn_steps (0 = the unlearning's "
+                "budget), or set attack.over_budget=true."
+            )
+        return TrainConfig(**{**asdict(shape), "lr": lr})
 
     def settings(self) -> dict[str, Any]:
         """What identifies the attacks of a run (part of every cell's config)."""
-        out: dict[str, Any] = {"names": list(self.names), "seed": self.seed}
-        if RELEARN in self.names:
-            out["relearn"] = {"steps": self.cfg.relearn_steps, "train": asdict(self.relearn_cfg),
-                              "relearn_units": list(self.split.relearn), "scored_units": list(self.split.scored)}
+        out: dict[str, Any] = {"names": list(self.names), "seed": self.seed,
+                               "guard": {"gap": self.cfg.guard_gap, "utility": self.cfg.guard_utility}}
+        for name, plan in self.plans.items():
+            out[name] = {"source": SOURCES[name], "train": asdict(plan.cfg), "split": plan.split,
+                         "cumulative_lr": cumulative_lr(plan.cfg, len(plan.train_view.forget_train())),
+                         "unlearning_cumulative_lr": self.unlearning_budget}
         if any(n in QUANTISE for n in self.names):
             out["quantise"] = {"group_size": self.cfg.group_size, "scheme": "RTN per group, dequantised"}
         return out
 
     # --- stages ------------------------------------------------------------------------------
-    def reference_stage(self, role: str, loaded: LoadedModel, evaluate: Evaluate, out: dict) -> dict:
-        """Retain: scores on the scored half (its own reference) and every attack. Target: its scores only."""
-        result: dict[str, Any] = {}
-        if role == "target":
-            if self.scored is not None:
-                scored = evaluate(loaded, self.scored, self.scored_reference)
-                self.target["scored"] = scored["aggregates"]
-                result[RELEARN] = {"role": "reference", "split": self._split_record(),
-                                   "unattacked": scored["aggregates"], "timings": {"eval_s": scored["timings"]["eval_s"]}}
+    def reference_stage(self, role: str, loaded: LoadedModel, evaluate: Evaluate, out: dict, reference=None) -> dict:
+        """Retain: its reference values on each scored view, then every attack. Target: every attack
+        (``reference``: the retain model's values on the full benchmark)."""
+        if role == "retain":
+            for name, plan in self.plans.items():
+                view = evaluate(loaded, plan.scored_view, None, self_reference=True)
+                self.scored_reference[name] = view["reference_values"]
+            result = self._attack_all(loaded, evaluate, out, out.get("reference_values"), self_reference=True)
+            for name in self.plans:
+                result[name]["reference_values"] = self.scored_reference[name]
             return result
-        if self.scored is not None:
-            self.scored_reference = evaluate(loaded, self.scored, None, self_reference=True)["reference_values"]
-        result = self._attack_all(loaded, evaluate, out, out.get("reference_values"), self_reference=True)
-        if RELEARN in result:
-            result[RELEARN]["reference_values"] = self.scored_reference
-        return result
+        return self._attack_all(loaded, evaluate, out, reference)
 
     def remember(self, role: str, record: dict | None) -> None:
-        """Take from a reference row's record (fresh or a finished one that was skipped) what later cells need."""
-        if not record or record.get("status") not in ("ok", "diverged"):
+        """Take from the retain row's record (fresh or a finished one that was skipped) its reference values."""
+        if role != "retain" or not record or record.get("status") not in ("ok", "diverged"):
             return
-        block = (record.get("attacks") or {}).get(RELEARN) or {}
-        if role == "retain":
-            self.scored_reference = block.get("reference_values", self.scored_reference)
-        elif role == "target":
-            self.target = {"full": record.get("aggregates"), "scored": block.get("unattacked")}
+        attacks = record.get("attacks") or {}
+        for name in self.plans:
+            values = (attacks.get(name) or {}).get("reference_values")
+            if values is not None:
+                self.scored_reference[name] = values
 
     def method_stage(self, loaded: LoadedModel, evaluate: Evaluate, out: dict, reference) -> dict:
         return self._attack_all(loaded, evaluate, out, reference)
@@ -213,10 +292,10 @@ class Attacks:
         result = {}
         for name in self.names:
             started = time.perf_counter()
-            if name == RELEARN:
-                block = self._relearn(loaded, evaluate, self_reference)
+            if name in self.plans:
+                block = self._relearn(self.plans[name], loaded, evaluate, out, self_reference)
             else:
-                block = self._quantise(name, loaded, evaluate, out, reference, self_reference)
+                block = self._quantise(name, loaded, evaluate, out, reference)
             block["timings"]["total_s"] = round(time.perf_counter() - started, 3)
             result[name] = block
             gc.collect()
@@ -224,37 +303,37 @@ class Attacks:
                 torch.cuda.empty_cache()
         return result
 
-    def _split_record(self) -> dict:
-        return {"seed": self.split.seed, "relearn_units": list(self.split.relearn),
-                "scored_units": list(self.split.scored), "relearn_examples": len(self.relearn_examples)}
-
-    def _relearn(self, loaded, evaluate, self_reference: bool) -> dict:
-        # Self-referenced (the retain model): its own scored-half values are the reference of its
-        # unattacked scores; the attacked copy is scored against them like any other model.
-        before = evaluate(loaded, self.scored, self.scored_reference, self_reference=self_reference)
-        attacked = copy_of(loaded)
+    def _relearn(self, plan: RelearnPlan, loaded, evaluate, out, self_reference: bool) -> dict:
+        # Self-referenced (the retain model): its own values on the scored view are the reference of
+        # its unattacked scores; the attacked copy is scored against them like any other model.
+        reference = self.scored_reference[plan.name]
+        if plan.scored_view is self.bench and not self_reference:
+            before = {"aggregates": out["aggregates"]}
+        else:
+            before = evaluate(loaded, plan.scored_view, reference, self_reference=self_reference)
+        examples = plan.examples(loaded.tokenizer)   # after the tokenizer has settled the prompt format
+        attacked = _copy_of(loaded)
         try:
             with distributed.this_process_only():   # the main process attacks; launched ranks wait for it
-                result = train(attacked.model, attacked.tokenizer, Finetune(), self.relearn_examples, None,
-                               self.relearn_cfg, self.seed, progress=self.progress)
-            after = evaluate(attacked, self.scored, self.scored_reference)
+                result = train(attacked.model, attacked.tokenizer, Finetune(), examples, None,
+                               plan.cfg, self.seed, progress=self.progress)
+            after = evaluate(attacked, plan.scored_view, reference)
         finally:
             del attacked
-        block = {
-            "settings": {"steps": self.cfg.relearn_steps, "lr": self.relearn_cfg.lr,
-                         "global_batch": self.relearn_cfg.global_batch, "loss": "cross-entropy (finetune)"},
-            "seed": self.seed, "split": self._split_record(), "items": "scored half of the forget set; utility in full",
-            "unattacked": before["aggregates"], "aggregates": after["aggregates"], "missing": after["missing"],
+        return {
+            "settings": {"source": SOURCES[plan.name], "steps": result.steps, "lr": plan.cfg.lr,
+                         "warmup_ratio": plan.cfg.warmup_ratio, "schedule": plan.cfg.schedule,
+                         "global_batch": plan.cfg.global_batch, "examples": len(examples),
+                         "loss": "cross-entropy (finetune)"},
+            "seed": self.seed, "split": plan.split, "items": ITEMS[plan.name],
+            "unattacked": before["aggregates"], **{k: after[k] for k in KEPT},
             "training": {"status": result.status, "steps": result.steps, "losses": result.losses},
             "timings": {"train_s": round(result.seconds, 3), "eval_s": after["timings"]["eval_s"]},
             "eval_counts": after["eval_counts"],
         }
-        if not self_reference and self.target["scored"] is not None:
-            block["recovery"] = recoveries(after["aggregates"], before["aggregates"], self.target["scored"], self.columns)
-        return block
 
-    def _quantise(self, name, loaded, evaluate, out, reference, self_reference: bool) -> dict:
-        attacked = copy_of(loaded)
+    def _quantise(self, name, loaded, evaluate, out, reference) -> dict:
+        attacked = _copy_of(loaded)
         try:
             started = time.perf_counter()
             summary = quantise_model_(attacked.model, QUANTISE[name], self.cfg.group_size)
@@ -262,12 +341,9 @@ class Attacks:
             after = evaluate(attacked, self.bench, reference)   # the retain model's own values when it is attacked
         finally:
             del attacked
-        block = {
-            "settings": summary, "seed": self.seed, "items": "all",
-            "unattacked": out["aggregates"], "aggregates": after["aggregates"], "missing": after["missing"],
+        return {
+            "settings": {"source": SOURCES[name], **summary}, "seed": self.seed, "items": "all",
+            "unattacked": out["aggregates"], **{k: after[k] for k in KEPT},
             "timings": {"quantise_s": round(quantise_s, 3), "eval_s": after["timings"]["eval_s"]},
             "eval_counts": after["eval_counts"],
         }
-        if not self_reference and self.target["full"] is not None:
-            block["recovery"] = recoveries(after["aggregates"], out["aggregates"], self.target["full"], self.columns)
-        return block

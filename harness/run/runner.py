@@ -33,7 +33,7 @@ from harness.runtime import threads
 from harness.data import truncation
 from harness.run import validation
 from harness.run import config as cfgmod
-from harness.attacks.suite import AttackConfig, Attacks, parse_attacks
+from harness.attacks.suite import AttackConfig, Attacks, cumulative_lr, parse_attacks
 from harness.run.claims import Claims, claim_cell, owner_label
 from harness.run.config import EvalConfig
 from harness.engines.factory import EvalEngines, default_engine, resolve_engine
@@ -162,7 +162,8 @@ class Runner:
         lm_eval_route.check_reachable(self.lm_eval_tasks, f"benchmark '{self.bench.name}'")
         attack_names = parse_attacks(self.eval_cfg.attacks)   # validated up front, like everything above
         self.attacks = Attacks(attack_names, cfgmod.build(AttackConfig, "attack", [self.overrides]), self.bench,
-                               self.finetune_cfg, req.seed, self.bench_cls.columns, self.log) if attack_names else None
+                               self.finetune_cfg, req.seed, self.bench_cls.columns, self.log,
+                               unlearning_budget=self._unlearning_budget()) if attack_names else None
         self.model_label = req.model if not (req.target and req.model == RunRequest.model) else req.target
         validation.check_before_work(self, self.output_folders())
         for note in validation.short_splits(self.bench):
@@ -171,6 +172,13 @@ class Runner:
         self._eval_cut: dict[tuple, dict[str, int]] = {}   # truncation counts per tokenizer
         self._warned: set[str] = set()
         self.run_progress: RunProgress | None = None   # a whole run's cells done and time left (``run`` only)
+
+    def _unlearning_budget(self) -> float | None:
+        """The smallest cumulative learning rate of the run's unlearning methods: what a relearning
+        attack may spend at most (harness/attacks/suite.py)."""
+        n_forget = len(self.bench.forget_train())
+        budgets = [cumulative_lr(self.method_configs(name)[0], n_forget) for name in self.methods]
+        return min(budgets) if budgets and n_forget else None
 
     def output_folders(self) -> dict[str, tuple[Path, str]]:
         """The folders this run writes: checked writable before any model is loaded."""
@@ -474,9 +482,9 @@ class Runner:
         spec = spec() if callable(spec) else spec
         loaded = load_model(spec, self.device, self.req.trust_remote_code)
         out = self._evaluate(loaded, reference, self_reference, folder=weights_folder(spec))
-        if self.attacks:  # stage: attack the retain model (the baseline), score the target on the scored half
+        if self.attacks:  # stage: attack the retain model and the target like every method (the references)
             started = time.perf_counter()
-            out["attacks"] = self.attacks.reference_stage(role, loaded, self._evaluate_on, out)
+            out["attacks"] = self.attacks.reference_stage(role, loaded, self._evaluate_on, out, reference)
             out["timings"]["attacks_s"] = round(time.perf_counter() - started, 3)
         out.update({"status": "ok", "model_source": self._model_source(loaded), "training": None})
         return out
