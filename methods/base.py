@@ -22,6 +22,16 @@ method:
   unlearning loop with ``extras`` handed to the method in ``ctx.extras``. Whatever it does,
   it returns the ``TrainResult`` that the record reports.
 
+Loop settings: the shared loop's defaults (``harness.training.loop.TrainConfig``: linear decay
+to zero, gradient clipping at 1.0, weight decay 0.01) are not every paper's. A method declares
+the ones its paper uses in ``loop_settings`` (``TrainConfig`` field names, e.g. RMU's
+``{"schedule": "constant", "max_grad_norm": 0.0, "weight_decay": 0.0}``) and where they come
+from in ``loop_settings_source``. The runner resolves ``train.*`` in this order, later winning:
+the dataclass defaults, the benchmark's defaults for all methods, the method's
+``loop_settings``, the benchmark's defaults for this method, ``--set``; the record keeps which of
+these gave each value (``train_sources``), and the leaderboard's settings column shows the values
+that differ from the loop's defaults. The loop itself only ever sees the resolved ``TrainConfig``.
+
 Activations: a method that needs a layer's hidden state reads it inside ``loss`` with
 ``harness.training.activations.capture_output(decoder_layer(model, l))`` around its own forward pass
 (see that module); the loop is not involved.
@@ -111,6 +121,10 @@ class UnlearningMethod:
     # False when the unlearned model exists only at the end (Task Vector edits weights after a
     # fine-tune): per-epoch evaluation is then refused up front.
     has_epochs: ClassVar[bool] = True
+    # The loop settings the method's paper uses ({TrainConfig field: value}) and their source
+    # (paper, repository file); see the module docstring for where they rank.
+    loop_settings: ClassVar[dict[str, Any]] = {}
+    loop_settings_source: ClassVar[str] = ""
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()

@@ -12,13 +12,36 @@ counts of the two batches. Only the MLP down-projection weights of layers l-2, l
 updated; every other weight stays fixed. At the frozen model the retain term is exactly 0 and
 the forget term is the mean squared distance of the frozen states to c·u: the tests check both.
 
-Where the settings come from. The paper's zephyr-7b-beta (32 layers, d = 4096) settings are
-l = 7, c = 6.5, α = 1200, lr 5e-5, updating layers 5-7's ``mlp.down_proj`` (the authors' code,
-as ported in OpenUnlearning's src/trainer/unlearn/rmu.py). ``layer = None`` (the default) maps
-l to the same relative depth in any model: round(7/32 · number of layers), which is 7 for
-Llama-2-7B and for SmolLM2-135M's 30 layers and 0 for a 2-layer test model; a number picks the
-layer outright. c and α are the paper's values: they depend on the scale of the hidden states,
-so a benchmark may set its own (see its ``method_defaults``).
+Where the settings come from (the WMDP authors' rmu/unlearn.py and README command for
+zephyr-7b-beta, 32 layers, d = 4096; OpenUnlearning's src/trainer/unlearn/rmu.py and its WMDP
+config, which port it):
+
+- l = 7, updating layers 5-7's ``mlp.down_proj``: both references. ``layer = None`` (the
+  default) maps l to the same relative depth in any model: round(7/32 · number of layers), which
+  is 7 for Llama-2-7B and for SmolLM2-135M's 30 layers and 0 for a 2-layer test model.
+- α = 1200: the authors' zephyr command.
+- The loop (``loop_settings``): a constant learning rate of 5e-5, no gradient clipping and no
+  weight decay, as in the authors' loop (plain AdamW at a fixed rate, no clipping; OpenUnlearning's
+  WMDP config also runs 5e-5 constant). The runner puts these above the benchmark's shared
+  defaults (methods/base.py); a benchmark's own RMU defaults and ``--set train.*`` still win.
+- c, the steering coefficient. The authors set it by hand per model (6.5 for zephyr-7b; their
+  script's default is 20, OpenUnlearning's configs use 2 and 20): it has to be large next to
+  the norm of the layer's hidden states, which differs by orders of magnitude between models
+  (SmolLM2-135M's layer-7 answer states have a mean norm near 136; there c = 6.5 puts c·u next to
+  the origin and the forget term only asks the states to shrink). So by default
+  (``steering_coeff = None``) c is derived from the model, as Adaptive RMU does (Dang et al. 2024,
+  arXiv 2408.06223, which scales the coefficient by the norm of the frozen model's forget
+  states):
+
+      c = steering_scale · (1/N) Σ_{t ∈ forget answer tokens} ||h_frozen^l(t)||₂,
+
+  the mean L2 norm of layer l's output over every answer token of the whole forget set,
+  measured once before training with the frozen (pre-unlearning) weights, in batches of
+  ``NORM_BATCH`` items (the value does not depend on the batching: padding is masked). Adaptive
+  RMU measures the norm per batch; one value for the run keeps RMU's single fixed target c·u.
+  ``steering_scale`` = 2 is ours, measured on the built-in benchmark (docs/methods.md, "On
+  synthetic"). A number in ``steering_coeff`` sets c outright (6.5 reproduces the paper).
+  The record's ``training.phases.rmu`` gives the measured norm, the scale and the c used.
 
 Choices (ours, stated): the forget and retain terms average over answer tokens only (the
 authors' code averages over every position of raw text, where all tokens are "answers";
@@ -41,6 +64,7 @@ from harness.registry import register_method
 from harness.methods.base import NEEDS_REFERENCE_MODEL, NEEDS_RETAIN, UnlearningMethod
 
 PAPER_LAYER, PAPER_LAYERS = 7, 32   # zephyr-7b: layer 7 of 32
+NORM_BATCH = 8                      # forget items per forward pass when measuring the state norm
 
 
 @dataclass
@@ -48,10 +72,16 @@ class RMUConfig:
     layer: int | None = None            # decoder layer whose output is steered; None = round(7/32 · n_layers)
     update_layers: int = 3              # layers l-k+1 .. l are updated (the paper: l-2, l-1, l)
     update: str = r"mlp\.down_proj\.weight"   # regex on parameter names inside those layers, or "all" (every weight)
-    steering_coeff: float = 6.5         # c: length of the random target vector c·u
-    alpha: float = 1200.0               # weight of the retain term
+    steering_coeff: float | None = None  # c, the length of the target c·u; None = steering_scale x the mean norm of
+                                         # layer l's states on forget answer tokens (frozen weights)
+    steering_scale: float = 2.0          # the multiple of that norm when steering_coeff is None
+    alpha: float = 1200.0                # weight of the retain term
 
     def __post_init__(self):
+        if self.steering_coeff is not None and self.steering_coeff <= 0:
+            raise HarnessError(f"rmu.steering_coeff must be > 0 (or none: derived from the model), got {self.steering_coeff}.")
+        if self.steering_scale <= 0:
+            raise HarnessError(f"rmu.steering_scale must be > 0, got {self.steering_scale}.")
         if self.update_layers < 1:
             raise HarnessError(f"rmu.update_layers must be at least 1, got {self.update_layers}.")
         if self.update != "all":
@@ -88,6 +118,21 @@ def answer_positions(batch) -> torch.Tensor:
     return batch.labels != IGNORE
 
 
+@torch.no_grad()
+def mean_state_norm(model, examples, encode, layer: int) -> float:
+    """(1/N) Σ ||h^l(t)||₂ over the N answer tokens of ``examples``, in batches of ``NORM_BATCH``."""
+    total, count = 0.0, 0
+    for start in range(0, len(examples), NORM_BATCH):
+        batch = encode(examples[start : start + NORM_BATCH])
+        norms = hidden_at(model, batch, layer).double().norm(dim=-1)
+        mask = answer_positions(batch)
+        total += float(norms[mask].sum())
+        count += int(mask.sum())
+    if count == 0:
+        raise HarnessError("rmu: the forget set has no answer token to measure the hidden-state norm on.")
+    return total / count
+
+
 @register_method()
 class RMU(UnlearningMethod):
     name = "rmu"
@@ -119,13 +164,39 @@ class RMU(UnlearningMethod):
         return ("rmu reads a decoder layer's hidden state and stops the forward pass there, which an FSDP-sharded "
                 "model (whose layers gather their weights as the forward pass reaches them) does not support")
 
+    # The WMDP authors' loop: AdamW at a constant 5e-5, no clipping, no weight decay (see the docstring).
+    loop_settings = {"lr": 5e-5, "schedule": "constant", "max_grad_norm": 0.0, "weight_decay": 0.0}
+    loop_settings_source = ("centerforaisafety/wmdp rmu/unlearn.py and its README command (lr 5e-5, plain AdamW, "
+                            "no scheduler, no clipping); OpenUnlearning configs/experiment/unlearn/wmdp/default.yaml "
+                            "(5e-5, constant)")
+
+    def unlearn(self, model, loop):
+        """The shared loop on ``loss``; the record's ``training.phases.rmu`` says which c was used and why."""
+        report: dict = {}
+        result = loop.run(self, model, extras={"rmu_report": report})
+        result.phases["rmu"] = report
+        return result
+
     def before_training(self, model, ctx) -> None:
-        """Draw u once per run from the run's seeded rng: uniform [0, 1) entries, unit length."""
+        """Fix the run's target c·u: u drawn once from the run's seeded rng (uniform [0, 1) entries,
+        unit length), c given or derived from the frozen model's forget states (the docstring)."""
+        layer = steered_layer(model, self.config.layer)
         hidden = model.get_input_embeddings().weight.shape[1]
         generator = torch.Generator().manual_seed(ctx.rng.randrange(2**31))
         u = torch.rand(hidden, generator=generator)
-        ctx.extras["rmu_control"] = self.config.steering_coeff * u / u.norm()
-        ctx.extras["rmu_layer"] = steered_layer(model, self.config.layer)
+        report = {"layer": layer}
+        if self.config.steering_coeff is None:
+            norm = mean_state_norm(model, ctx.forget_examples, ctx.encode, layer)
+            c = self.config.steering_scale * norm
+            report.update({"forget_state_norm": round(norm, 6), "steering_scale": self.config.steering_scale,
+                           "steering_coeff": round(c, 6), "how": "steering_scale x mean L2 norm of the layer's output "
+                           "over forget answer tokens, frozen weights"})
+        else:
+            c = self.config.steering_coeff
+            report.update({"steering_coeff": c, "how": "rmu.steering_coeff, set outright"})
+        ctx.extras["rmu_control"] = c * u / u.norm()
+        ctx.extras["rmu_layer"] = layer
+        ctx.extras.setdefault("rmu_report", {}).update(report)
 
     def loss(self, model, batch, ctx):
         if "rmu_control" not in ctx.extras:

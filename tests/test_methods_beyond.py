@@ -2,6 +2,7 @@
 limiting cases, the activation-capture and trainable-parameter hooks, and unlearning on a
 tiny fine-tuned model."""
 import copy
+import math
 import sys
 
 import pytest
@@ -15,7 +16,7 @@ from harness.training.losses import answer_ce
 from harness.methods.base import NEEDS_REFERENCE_MODEL, NEEDS_RETAIN, MethodBatch, MethodContext
 from harness.methods.ceu import CEU, CEUConfig, ceu_loss, drop_leading
 from harness.methods.ga import GradientAscent
-from harness.methods.rmu import RMU, RMUConfig, steered_layer
+from harness.methods.rmu import RMU, RMUConfig, hidden_at, steered_layer
 from harness.methods.satimp import SatImp, SatImpConfig
 from harness.methods.task_vector import TaskVector, TaskVectorConfig
 from harness.methods.undial import Undial, UndialConfig
@@ -289,6 +290,71 @@ def test_rmu_updates_only_the_chosen_weights_and_restores_requires_grad(finetune
     changed = {n for (n, p), q in zip(model.named_parameters(), base.parameters()) if not torch.equal(p, q)}
     assert changed == names
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_rmu_derived_steering_coefficient_matches_a_hand_computed_norm(finetuned):
+    """c = steering_scale x the mean L2 norm of layer l's output over every forget answer token,
+    computed by hand one unpadded example at a time (10 items: the method measures in batches of 8)."""
+    model, tok = finetuned
+    items = FACTS + OTHER + [Example("S0:", " one more"), Example("S1:", " and a last one")]
+    method = RMU(RMUConfig(layer=1, steering_scale=3.0))
+    ctx = MethodContext(forget_examples=items, encode=lambda xs: make_batch(tok, xs), extras={"rmu_report": {}})
+    with torch.no_grad():
+        method.before_training(model, ctx)
+    norms, seen = [], []
+    # the last decoder layer's output, read with a plain hook (hidden_states[-1] has the final norm applied)
+    handle = decoder_layer(model, 1).register_forward_hook(lambda mod, args, out: seen.append(out[0] if isinstance(out, tuple) else out))
+    with torch.no_grad():
+        for ex in items:
+            prompt = tok(ex.prompt, add_special_tokens=False)["input_ids"]
+            answer = tok(ex.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            model(input_ids=torch.tensor([prompt + answer]))
+            states = seen.pop()[0]
+            norms += [math.sqrt(sum(x * x for x in h.tolist())) for h in states[len(prompt):]]
+    handle.remove()
+    hand = sum(norms) / len(norms)
+    report = ctx.extras["rmu_report"]
+    assert report["forget_state_norm"] == pytest.approx(hand, rel=1e-5)
+    assert report["steering_coeff"] == pytest.approx(3.0 * hand, rel=1e-5)
+    assert ctx.extras["rmu_control"].norm().item() == pytest.approx(3.0 * hand, rel=1e-5)
+    fixed = MethodContext(forget_examples=items, encode=ctx.encode)
+    with torch.no_grad():
+        RMU(RMUConfig(layer=1, steering_coeff=6.5)).before_training(model, fixed)
+    assert fixed.extras["rmu_control"].norm().item() == pytest.approx(6.5, rel=1e-6)   # set outright: the paper's way
+    with pytest.raises(HarnessError, match="rmu.steering_coeff must be > 0"):
+        RMUConfig(steering_coeff=0.0)
+
+
+def test_rmu_moves_the_steered_layers_forget_states_towards_c_u_and_keeps_retain_states(finetuned):
+    base, tok = finetuned
+    model = copy.deepcopy(base)
+
+    class Spy(RMU):
+        def before_training(self, model, ctx):
+            super().before_training(model, ctx)
+            self.control = ctx.extras["rmu_control"].clone()
+
+    # derived c, both layers' down_proj. α = 10, not 1200: the tiny model's forget and retain answers
+    # are so alike ("fact number 0 is zorb" / "other alpha") that α = 1200 holds the forget states too
+    # (they move about 6% in 15 epochs; measured), which is what the test must not depend on.
+    method = Spy(RMUConfig(layer=1, update_layers=2, alpha=10.0))
+    forget, retain = make_batch(tok, FACTS), make_batch(tok, OTHER)
+
+    def distances(m):
+        with torch.no_grad():
+            h_f, h_r, h_0 = hidden_at(m, forget, 1), hidden_at(m, retain, 1), hidden_at(base, retain, 1)
+            mask_f, mask_r = forget.labels != -100, retain.labels != -100
+            to_target = ((h_f - method.control) ** 2).mean(-1)[mask_f].mean().item()
+            drift = ((h_r - h_0) ** 2).mean(-1)[mask_r].mean().item()
+        return to_target, drift
+
+    cfg = TrainConfig(lr=3e-3, epochs=15, global_batch=4, schedule="constant", max_grad_norm=0.0, weight_decay=0.0)
+    result = train(model, tok, method, FACTS, OTHER, cfg, seed=0)
+    assert result.status == "ok" and result.phases["rmu"]["steering_coeff"] == pytest.approx(method.control.norm().item(), rel=1e-5)
+    before, _ = distances(base)
+    after, drift = distances(model)
+    assert after < 0.5 * before, (before, after)          # the forget states moved most of the way towards c·u
+    assert drift < 0.05 * before, (drift, before)          # while the retain states stayed near the frozen model's
 
 
 # ------------------------------------------------------------------------------- Task Vector

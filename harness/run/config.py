@@ -95,15 +95,44 @@ def cast(key: str, value: Any, kind: Any) -> Any:
         raise HarnessError(f"--set {key}={value}: expected {name}, got '{value}'.") from None
 
 
-def build(cls: type, section: str, layers: list[dict[str, Any]]) -> Any:
-    """Instantiate ``cls`` from ``section.*`` keys of each layer, later layers winning."""
+#: training settings that no longer exist: (sections, why, what to set instead)
+RETIRED = {
+    "max_abs_loss": (("train", "finetune"), "an absolute bound on the loss cannot serve losses whose scales differ by "
+                     "orders of magnitude (RMU's is squared activations times 1200)",
+                     "divergence is now a NaN/inf loss or one beyond {section}.divergence_growth times the run's first "
+                     "loss (default 1000, 0 = NaN/inf only): set --set {section}.divergence_growth=N instead"),
+}
+
+
+def retired_problem(key: str) -> str | None:
+    """The migration message for a retired ``section.name`` key, or None for any other key."""
+    section, _, name = key.rpartition(".")
+    if name in RETIRED and section in RETIRED[name][0]:
+        _, why, instead = RETIRED[name]
+        return f"'{key}' was retired: {why}; {instead.format(section=section)}."
+    return None
+
+
+def build(cls: type, section: str, layers: list[dict[str, Any]], sources: list[str] | None = None,
+          chosen: dict[str, str] | None = None) -> Any:
+    """Instantiate ``cls`` from ``section.*`` keys of each layer, later layers winning.
+
+    ``sources`` names each layer (e.g. "benchmark", "--set"); with it, ``chosen`` is filled with
+    the name of the layer each set field came from (fields no layer set are "default").
+    """
     types = field_types(cls)
     values: dict[str, Any] = {}
-    for layer in layers:
+    origin: dict[str, str] = {}
+    for at, layer in enumerate(layers):
         for key, value in layer.items():
             sec, _, name = key.rpartition(".")
+            if sec == section and retired_problem(key):
+                raise HarnessError(retired_problem(key))
             if sec == section and name in types:
                 values[name] = cast(key, value, types[name])
+                origin[name] = sources[at] if sources else "set"
+    if chosen is not None:
+        chosen.update({f.name: origin.get(f.name, "default") for f in dataclasses.fields(cls)})
     missing = [f.name for f in dataclasses.fields(cls) if f.name not in values and f.init
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
@@ -128,6 +157,8 @@ def normalise_overrides(overrides: dict[str, str], sections: dict[str, type]) ->
     out = {}
     for key, value in overrides.items():
         full = key if "." in key else f"train.{key}"
+        if retired_problem(full):
+            raise HarnessError(f"--set {key}: {retired_problem(full)}")
         if full not in known:
             elsewhere = _method_not_in_run(full, sections)
             if elsewhere:

@@ -113,6 +113,22 @@ def resolve_methods(spec: str) -> list[str]:
     return names
 
 
+ALWAYS_SHOWN_TRAIN = ("lr", "epochs", "global_batch", "max_steps")   # the settings column's first entries
+
+
+def loop_text(cfg: TrainConfig, sources: dict[str, str]) -> str:
+    """For the settings column: the other ``train.*`` values a method declared or ``--set`` gave,
+    grouped by source, e.g. ``; method rmu: schedule=constant, weight_decay=0, max_grad_norm=0``."""
+    groups: dict[str, list[str]] = {}
+    for f in dataclasses.fields(cfg):
+        source = sources.get(f.name, "default")
+        if f.name in ALWAYS_SHOWN_TRAIN or not (source.startswith("method ") or source == "--set"):
+            continue
+        value = getattr(cfg, f.name)
+        groups.setdefault(source, []).append(f"{f.name}={value:g}" if isinstance(value, float) else f"{f.name}={value}")
+    return "".join(f"; {source}: {', '.join(items)}" for source, items in groups.items())
+
+
 class Runner:
     def __init__(self, req: RunRequest, progress=None, log=print):
         self.req, self.progress, self.log = req, progress, log
@@ -133,6 +149,8 @@ class Runner:
         self.bench_cls = BENCHMARKS.get(req.benchmark)
         self.methods = resolve_methods(req.methods)
         self.method_cls = {m: METHODS.get(m) for m in self.methods}
+        for cls in self.method_cls.values():
+            validation.check_loop_settings(cls, TrainConfig)
         sections = {
             "train": TrainConfig, "train.lora": LoraSettings, "finetune": TrainConfig, "eval": EvalConfig,
             "benchmark": self.bench_cls.Config, "attack": AttackConfig,
@@ -216,9 +234,22 @@ class Runner:
 
     # --- settings ----------------------------------------------------------------------------
     def method_configs(self, name: str) -> tuple[TrainConfig, Any]:
-        defaults = self.bench_cls.method_defaults
-        layers = [defaults.get("*", {}), defaults.get(name, {}), self.overrides]
-        return cfgmod.build(TrainConfig, "train", layers), cfgmod.build(self.method_cls[name].Config, name, layers)
+        return self._method_settings(name)[:2]
+
+    def train_sources(self, name: str) -> dict[str, str]:
+        """Where each ``train.*`` value of method ``name`` came from (methods/base.py: loop settings)."""
+        return self._method_settings(name)[2]
+
+    def _method_settings(self, name: str) -> tuple[TrainConfig, Any, dict[str, str]]:
+        """Lowest first: dataclass defaults, the benchmark's defaults for all methods, the method's own
+        ``loop_settings``, the benchmark's defaults for this method, ``--set``."""
+        defaults, cls = self.bench_cls.method_defaults, self.method_cls[name]
+        declared = {f"train.{k}": v for k, v in cls.loop_settings.items()}
+        layers = [defaults.get("*", {}), declared, defaults.get(name, {}), self.overrides]
+        names = ["benchmark", f"method {name}", f"benchmark for {name}", "--set"]
+        sources: dict[str, str] = {}
+        train_cfg = cfgmod.build(TrainConfig, "train", layers, names, sources)
+        return train_cfg, cfgmod.build(cls.Config, name, layers), sources
 
     def _base_config(self, reference: bool = False) -> dict[str, Any]:
         """Settings that identify a cell; a reference row does not depend on how methods are selected."""
@@ -377,6 +408,7 @@ class Runner:
         )
         if train_cfg.max_steps:
             settings += f", max_steps={train_cfg.max_steps}"
+        settings += loop_text(train_cfg, self.train_sources(name))
         if self.lora_settings(name).enabled:
             settings += f", lora r={self.lora_settings(name).r}"
         if self.eval_cfg.per_epoch:
@@ -385,7 +417,7 @@ class Runner:
             settings += f", eval.select={self.eval_cfg.select}"
         return self._cell(name, label, "method", resolved, summary,
                           lambda: self._unlearn(cls(method_cfg), train_cfg, target_spec, reference, resolved),
-                          settings, code=codeversion.method_code(cls))
+                          settings, code=codeversion.method_code(cls), extra={"train_sources": self.train_sources(name)})
 
     def _method_resolved(self, name: str) -> dict[str, Any]:
         train_cfg, method_cfg = self.method_configs(name)
@@ -400,10 +432,11 @@ class Runner:
         return cfgmod.build(LoraSettings, "train.lora", [defaults.get("*", {}), defaults.get(name, {}), self.overrides])
 
     def _cell(self, method: str, label: str, kind: str, resolved: dict, summary: RunSummary, work, settings: str = "",
-              code: dict | None = None) -> dict | None:
+              code: dict | None = None, extra: dict | None = None) -> dict | None:
+        """``extra``: record fields that describe the cell without being part of its identity."""
         if self.run_progress is not None:
             self.run_progress.start(method)
-        record, computed = self._cell_work(method, label, kind, resolved, summary, work, settings, code)
+        record, computed = self._cell_work(method, label, kind, resolved, summary, work, settings, code, extra)
         if self.run_progress is not None:   # (an exception stops the run: nothing more to estimate)
             self.run_progress.finish(method, computed)
             if computed:
@@ -411,7 +444,7 @@ class Runner:
         return record
 
     def _cell_work(self, method: str, label: str, kind: str, resolved: dict, summary: RunSummary, work, settings: str,
-                   code: dict | None) -> tuple[dict | None, bool]:
+                   code: dict | None, extra: dict | None = None) -> tuple[dict | None, bool]:
         """The cell's record, and whether it was computed here (not skipped, not running elsewhere)."""
         cid = config_id(resolved)
         path = ensure_inside(self.results_dir, record_path(self.results_dir, self.bench.name, self.model_label, method, cid, self.req.seed))
@@ -439,7 +472,7 @@ class Runner:
             "kind": kind, "seed": self.req.seed, "config_id": cid, "config": resolved,
             "overrides": self.req.overrides, "settings": shown_settings(settings, resolved),
             "data": self.bench.data_info(), "versions": versions(), "commit": git_commit(), "device": str(self.device),
-            **({"code": code} if code else {}),
+            **({"code": code} if code else {}), **(extra or {}),
             "threads": threads.describe(),
         }
         if self.ranks.world_size > 1:

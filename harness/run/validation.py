@@ -25,11 +25,12 @@ POSITIVE: Range = (lambda v: v > 0, "> 0")
 AT_LEAST_0: Range = (lambda v: v >= 0, ">= 0")
 AT_LEAST_1: Range = (lambda v: v >= 1, ">= 1")
 FRACTION: Range = (lambda v: 0 <= v < 1, "in [0, 1)")
+OFF_OR_ABOVE_1: Range = (lambda v: v == 0 or v > 1, "0 (off) or > 1")
 
 TRAIN_RANGES: dict[str, Range] = {
     "lr": POSITIVE, "epochs": AT_LEAST_0, "max_steps": AT_LEAST_0, "global_batch": AT_LEAST_1,
     "micro_batch": AT_LEAST_1, "warmup_ratio": FRACTION, "weight_decay": AT_LEAST_0,
-    "max_grad_norm": AT_LEAST_0, "max_length": AT_LEAST_1, "max_abs_loss": AT_LEAST_0,
+    "max_grad_norm": AT_LEAST_0, "max_length": AT_LEAST_1, "divergence_growth": OFF_OR_ABOVE_1,
 }
 EVAL_RANGES: dict[str, Range] = {"batch_size": AT_LEAST_0, "max_length": AT_LEAST_1}
 
@@ -58,6 +59,15 @@ def check_ranges(section: str, config: Any, ranges: dict[str, Range]) -> None:
                 default = "" if f.default is dataclasses.MISSING else f" (default {f.default})"
                 raise HarnessError(f"{section}.{f.name}={value}: must be {must}{default}; "
                                    f"set it with --set {section}.{f.name}=VALUE.")
+
+
+def check_loop_settings(method_cls: type, train_cls: type) -> None:
+    """A method's declared ``loop_settings`` name fields of the loop's settings (methods/base.py)."""
+    valid = [f.name for f in dataclasses.fields(train_cls)]
+    unknown = [k for k in method_cls.loop_settings if k not in valid]
+    if unknown:
+        raise HarnessError(f"method '{method_cls.name}' declares loop setting(s) {', '.join(unknown)}, which the "
+                           f"training loop does not have; its loop_settings may name: {', '.join(valid)}.")
 
 
 def check_settings(runner) -> None:

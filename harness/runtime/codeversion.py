@@ -19,7 +19,7 @@ from pathlib import Path
 
 #: the shared unlearning loop: a change here changes every method's result
 LOOP_MODULES = ("harness.training.loop", "harness.training.finetune", "harness.data.batching", "harness.training.losses",
-                "harness.training.lora")
+                "harness.training.lora", "harness.training.divergence")
 #: what `prepare` runs to fine-tune target and retain models
 FINETUNE_MODULES = (*LOOP_MODULES, "harness.run.prepare")
 #: what computes the outputs the evaluation cache stores

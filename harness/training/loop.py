@@ -2,8 +2,13 @@
 
 AdamW with warm-up and a linear or constant schedule, gradient accumulation to a fixed
 global batch (so results do not depend on how many examples fit in memory), seeded data
-order, per-step loss logging, and a guard that stops a run whose loss is NaN or infinite
-(or beyond ``max_abs_loss``) and reports it as diverged instead of crashing the whole run.
+order, per-step loss logging, and a guard that stops a run whose loss is NaN or infinite, or has
+grown ``divergence_growth`` times beyond its own first loss (harness/training/divergence.py), and
+reports it as diverged instead of crashing the whole run.
+
+Which settings a run gets is decided above the loop: a method may declare the loop settings its
+paper uses (``UnlearningMethod.loop_settings``), and the runner resolves them with the benchmark's
+defaults and the user's ``--set`` into the ``TrainConfig`` handed here.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from harness.training import distributed
+from harness.training.divergence import DivergenceGuard
 from harness.data.batching import IGNORE, Example, make_batch
 from harness.data.batching import encode as encode_example
 from harness.data.chat import prompt_text
@@ -49,7 +55,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0     # 0 disables clipping
     max_length: int = 512          # tokens per example
-    max_abs_loss: float = 1000.0   # a loss beyond this counts as exploded (diverged); 0 disables
+    divergence_growth: float = 1000.0   # a loss beyond this many times the run's first loss (at least 1) counts
+                                        # as diverged; 0 = only NaN/inf (harness/training/divergence.py)
     group_by_length: bool = True   # batch examples of similar length together (less padding)
 
     def __post_init__(self):
@@ -68,6 +75,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)   # one per optimiser step
     logs: list[dict] = field(default_factory=list)      # method logs, one per step
     diverged_at_step: int | None = None
+    diverged_because: str | None = None   # the guard's reason, e.g. "the loss was nan"
     last_finite_loss: float | None = None
     seconds: float = 0.0
     tokens: int = 0
@@ -81,6 +89,7 @@ class TrainResult:
             "losses": self.losses,
             "logs": self.logs,
             "diverged_at_step": self.diverged_at_step,
+            **({"diverged_because": self.diverged_because} if self.diverged_because else {}),
             "last_finite_loss": self.last_finite_loss,
             "seconds": round(self.seconds, 3),
             "tokens": self.tokens,
@@ -259,6 +268,7 @@ def run_loop(model: torch.nn.Module, method: UnlearningMethod, loop: Loop, extra
     bar = progress(total=total, desc=f"train {method.name}", unit="step") if progress else None
 
     lengths = [len(prompt_text(e.prompt)) + len(e.answer) for e in forget]
+    guard = DivergenceGuard(cfg.divergence_growth)
     callback_s = 0.0
     for epoch in range(epochs):
         order = epoch_order(lengths, cfg.global_batch, order_rng, cfg.group_by_length)
@@ -284,8 +294,10 @@ def run_loop(model: torch.nn.Module, method: UnlearningMethod, loop: Loop, extra
                 loss, logs = unpack_loss(method, method.loss(trained, batch, ctx))
                 weight = 0.0 if padding else len(idx) / len(chunk)
                 value = float(loss.detach())
-                if not padding and (not math.isfinite(value) or (cfg.max_abs_loss > 0 and abs(value) > cfg.max_abs_loss)):
+                problem = None if padding else guard.problem(value)
+                if problem is not None:
                     finite = False
+                    result.diverged_because = problem
                     if not ranks.sharded:   # sharded ranks must still join this pass's collectives
                         break
                 (loss * weight).backward()
@@ -298,6 +310,7 @@ def run_loop(model: torch.nn.Module, method: UnlearningMethod, loop: Loop, extra
             step_loss, step_logs, finite = ranks.sum_step(step_loss, step_logs, finite)
             if not finite:
                 result.status, result.diverged_at_step = "diverged", result.steps
+                result.diverged_because = result.diverged_because or "another process's loss diverged"
                 optimiser.zero_grad(set_to_none=True)
                 break
             ranks.sum_gradients(trained)
