@@ -55,9 +55,9 @@ def qa_prompt(question: str) -> str:
 
 @dataclass
 class SyntheticConfig:
-    num_forget: int = 4
+    num_forget: int = 8
     num_retain: int = 8
-    num_holdout: int = 4
+    num_holdout: int = 8
     qa_per_person: int = 4
     data_seed: int = 0               # the data is fixed by this, not by the run's seed
     utility_items: int = 12          # retain QA items scored for utility (0 = all); all are trained on

@@ -26,6 +26,8 @@ class EvalConfig:
                                     # 60% of free memory on GPU (changes speed and memory, not scores)
     per_epoch: bool = False     # also evaluate after every unlearning epoch (training curves)
     select: str = "last"        # checkpoint-selection rule applied to every method alike (see selection.py)
+    select_fraction: float = 0.9    # utility_preserving: share of the target's utility a candidate must keep (MUSE-style)
+    select_forget: str = ""         # utility_preserving / first_below_retain: the forget column ranked ('' = the benchmark's)
     attacks: str = ""           # comma list of relearn, int8, int4: re-evaluate attacked copies (harness/attacks/suite.py)
     # vLLM engine (--engine vllm; docs/engines.md). auto dtype = the HF model's own (fp32 CPU, bf16 GPU).
     vllm_dtype: str = "auto"        # auto, float32, bfloat16 or float16 (bf16 on CPU: faster, changes scores)
