@@ -235,7 +235,8 @@ def _note_texts(row: _Row) -> list[str]:
             text = f"{who}status '{status}'; scores may be incomplete."
         notes.append(text)
     for record in row.records:
-        chosen = _selection_text(record) if record.get("epochs") else ""   # one candidate: nothing was chosen
+        # a swept cell without per-epoch scores had one candidate: the sweep's note says what was chosen
+        chosen = "" if record.get("sweep") and not record.get("epochs") else _selection_text(record)
         if chosen:
             notes.append(f"seed {record.get('seed')} {chosen}" if several else chosen)
     for record in row.records:
