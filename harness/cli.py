@@ -258,7 +258,7 @@ def cmd_eval(args) -> int:
     from harness.run.runner import Runner, RunSummary, render_results
 
     req = _request(args, methods="all", target=args.model, retain=args.retain, results_dir=args.results_dir,
-                   force=args.force, save_models=False)
+                   force=args.force, save_models=False, trains=False)
     runner, summary, reference = Runner(req, _progress(), _log), RunSummary(), None
     if runner.attacks:
         raise HarnessError("eval.attacks attacks unlearned models and the retain baseline inside `harness run`; "
@@ -283,7 +283,7 @@ def cmd_eval(args) -> int:
 def cmd_prepare(args) -> int:
     from harness.run.runner import Runner
 
-    req = _request(args, methods="all", results_dir=None, save_models=False)
+    req = _request(args, methods="all", results_dir=None, save_models=False, trains=False)
     runner = Runner(req, _progress(), _log)
     from harness.run.prepare import prepare
 
@@ -299,7 +299,8 @@ def cmd_bench(args) -> int:
     from harness.run.runner import Runner
 
     no_training = args.methods.strip().lower() == "none"
-    runner = Runner(_request(args, methods="all" if no_training else args.methods, results_dir=None, save_models=False),
+    runner = Runner(_request(args, methods="all" if no_training else args.methods, results_dir=None, save_models=False,
+                             trains=not no_training),
                     None, _log)
     loaded = load_model(args.model, runner.device, args.trust_remote_code)
     from harness.engines.hf import auto_batch_size

@@ -3,10 +3,9 @@
 Built from the same rows as LEADERBOARD.md (``markdown._build_rows``): one table per (benchmark, model,
 data cut) section, the same values, notes and best-row marks. On top of the Markdown: a click on a column
 header sorts that table, two filters (method, benchmark) hide rows and sections, each row links to its
-record and shows its settings, commit and config on hover and in an expandable cell. Intervals and
-significance markers are shown wherever a record carries them (``intervals[KEY] = {lo, hi}``,
-``aggregates[KEY_lo]`` / ``aggregates[KEY_hi]``, ``significance[KEY]``): this module renders them, it
-does not compute them.
+record and shows its settings, commit and config on hover and in an expandable cell. Cells read as in
+the Markdown (mean ±half-width of the bootstrap interval, ≈, ≤, the KS D, the no-op flags: all
+computed by the rows it shares), with the interval's bounds written out beside each.
 """
 from __future__ import annotations
 
@@ -116,30 +115,6 @@ def _mean(records: Sequence[Mapping[str, Any]], key: str) -> float | None:
     return float(statistics.mean(values))
 
 
-def _interval(records: Sequence[Mapping[str, Any]], key: str) -> tuple[float, float] | None:
-    """A record's interval for ``key`` when it carries one (never computed here)."""
-    for r in records:
-        found = (r.get("intervals") or {}).get(key) if isinstance(r.get("intervals"), Mapping) else None
-        if isinstance(found, Mapping):
-            lo, hi = _number(found.get("lo")), _number(found.get("hi"))
-        else:
-            aggregates = r.get("aggregates") or {}
-            lo, hi = _number(aggregates.get(f"{key}_lo")), _number(aggregates.get(f"{key}_hi"))
-        if lo is not None and hi is not None:
-            return lo, hi
-    return None
-
-
-def _significance(records: Sequence[Mapping[str, Any]], key: str) -> str:
-    for r in records:
-        found = (r.get("significance") or {}).get(key) if isinstance(r.get("significance"), Mapping) else None
-        if isinstance(found, Mapping):
-            found = found.get("marker") or found.get("symbol")
-        if found:
-            return str(found)
-    return ""
-
-
 def _href(path: str, link_base: str) -> str:
     return quote(link_base + path.replace("\\", "/"), safe="/-._~+=,@:")
 
@@ -207,18 +182,18 @@ def _section(benchmark: str, model: str, records: Sequence[Mapping[str, Any]], c
             label = f'<a href="{_e(_href(str(path), link_base))}" title="{_e(hover)}">{label}</a>'
         else:
             label = f'<span title="{_e(hover)}">{label}</span>'
+        if row.no_op:   # 'unchanged' / 'not distinguishable from the target', as in the Markdown
+            label += f' <span class="flag">({_e("; ".join(row.no_op))})</span>'
         if marks:
             label += "<sup>" + ",".join(str(n) for n in _unique(str(m) for m in marks)) + "</sup>"
         cells = [f'<td class="text" data-value-text="{_e(row.label)}">{label}</td>']
         for c in columns:
             value = _mean(row.records, c.key)
-            text = _e(row.values[c.key].text)
-            interval = _interval(row.records, c.key)
+            shown = row.values[c.key]   # the Markdown's cell: mean ±half-width, ≈, ≤, KS D
+            text = _e(shown.shown(c))
+            interval = shown.uncertainty.interval
             if interval is not None:
-                text += f'<span class="ci">[{_e(c.format(interval[0]))}, {_e(c.format(interval[1]))}]</span>'
-            marker = _significance(row.records, c.key)
-            if marker:
-                text += f'<sup class="sig" title="significance marker">{_e(marker)}</sup>'
+                text += f'<span class="ci">[{_e(c.format(interval.lo))}, {_e(c.format(interval.hi))}]</span>'
             sort_value = "" if value is None else repr(value)
             cls = ' class="best"' if i in best[c.key] else ""
             cells.append(f'<td{cls} data-value="{_e(sort_value)}">{text}</td>')

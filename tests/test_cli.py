@@ -221,6 +221,16 @@ def test_method_whose_settings_do_not_fit_the_data_is_refused_before_any_cell(tm
     assert not list(results.glob("**/*.json"))   # refused before any model or cell
 
 
+def test_eval_is_not_refused_for_a_method_it_does_not_train(tmp_path, capsys):
+    """`eval` names every method only so that their --set keys are valid; SGA's K against the
+    retain items is no reason to refuse an evaluation (it once stopped `eval --limit 1` on TOFU)."""
+    results = tmp_path / "results"
+    code = main(["eval", "--benchmark", "synthetic", "--model", "tiny-random", "--limit", "1", "--no-eval-cache",
+                 "--results-dir", str(results), "--set", "sga.K=50"])
+    assert code == 0, capsys.readouterr().err
+    assert len(list(results.glob("synthetic/*/target/*.json"))) == 1
+
+
 def test_leaderboard_says_how_the_benchmark_was_cut_down(finished_run):
     _, results = finished_run
     board = (results / "LEADERBOARD.md").read_text()

@@ -11,15 +11,18 @@ import shutil
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from harness.cli import main
 from harness.leaderboard.columns import Column
 from harness.leaderboard.html import render_html
+from harness.scoring.uncertainty import ItemMean, bootstrap_interval
 
 from headless import find_browser
 
 REPO = Path(__file__).resolve().parents[1]
+ITEM_COLUMNS = {"synthetic": [Column("rouge_f", "ROUGE f", "down", "knowledge", digits=2, interval=ItemMean("qa", "x"))]}
 COLUMNS = {"synthetic": [Column("rouge_f", "ROUGE f", "down", "knowledge", digits=2),
                          Column("privleak", "PrivLeak", "ref", "privacy", target=0.0, digits=1)]}
 
@@ -30,20 +33,26 @@ def record(method, rouge, seed=0, **extra):
             "settings": "lr=1e-05", "commit": "abc1234", "aggregates": {"rouge_f": rouge, "privleak": 3.0}, **extra}
 
 
-def test_page_is_self_contained_and_shows_carried_intervals_and_markers():
-    page = render_html([record("ga", 0.25, intervals={"rouge_f": {"lo": 0.125, "hi": 0.375}},
-                               significance={"rouge_f": "*"}),
-                        record("npo", 0.5, aggregates={"rouge_f": 0.5, "privleak_lo": -1.0, "privleak_hi": 7.0, "privleak": 3.0})],
-                       COLUMNS)
+def test_page_is_self_contained_and_shows_the_markdowns_intervals_and_verdicts():
+    """The page shows what LEADERBOARD.md computes from the records' per-item scores: the interval
+    (here also as [lo, hi]), the ≈ of a row not distinguishable from the best, the no-op flag."""
+    base = np.array([0.1, 0.9, 0.4, 0.35, 0.8, 0.05, 0.6, 0.7, 0.2, 0.55, 0.3, 0.95])
+    noise = np.array([0.05, -0.05, 0.04, -0.04, 0.05, -0.05, 0.03, -0.03, 0.05, -0.05, 0.04, -0.04])
+    records = [record("ga", float(base.mean()), per_sample={"qa": [{"x": float(v)} for v in base]}),
+               record("npo", float((base + noise).mean() + 0.01), per_sample={"qa": [{"x": float(v) + 0.01} for v in base + noise]}),
+               record("rmu", 0.9, no_op={"unchanged_weights": True})]
+    page = render_html(records, ITEM_COLUMNS)
     assert "<script src" not in page and "<link" not in page and not re.search(r"url\(\s*['\"]?https?:", page)
-    assert '<span class="ci">[0.12, 0.38]</span>' in page or '<span class="ci">[0.13, 0.38]</span>' in page
-    assert '<span class="ci">[-1.0, 7.0]</span>' in page
-    assert '<sup class="sig" title="significance marker">*</sup>' in page
+    iv = bootstrap_interval(ItemMean("qa", "x"), [{"qa": {"x": base}}])   # the same draws as the Markdown
+    assert f"{base.mean():.2f} ±{(iv.hi - iv.lo) / 2:.2f}" in page
+    assert f'<span class="ci">[{iv.lo:.2f}, {iv.hi:.2f}]</span>' in page
+    npo_row = next(r for r in page.split("<tr") if 'data-method="npo"' in r)
+    assert " ≈" in npo_row   # noise only: not distinguishable from GA, the best row
+    assert '<span class="flag">(unchanged)</span>' in page
     assert 'href="synthetic/tiny/ga/c-seed0.json"' in page and "commit abc1234" in page
-    # the best ROUGE f (lower) is GA's, marked as in the Markdown
-    assert re.search(r'<td class="best" data-value="0.25">0.25', page)
+    assert re.search(r'<td class="best" data-value="[0-9.]+">' + f"{base.mean():.2f}", page)
     plain = render_html([record("ga", 0.25)], COLUMNS)
-    assert 'class="ci"' not in plain and 'class="sig"' not in plain   # nothing invented when records carry none
+    assert 'class="ci"' not in plain and "±" not in plain   # no per-item scores: no interval invented
 
 
 def browser_or_skip() -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -44,7 +45,7 @@ def muse(method, seed, values, **kw):
 
 
 def tofu(method, split, fq, mu, seed=0, **kw):
-    kw.setdefault("cid", f"{method[:4]}{split[-2:]}00")
+    kw.setdefault("cid", hashlib.sha1(f"{method} {split}".encode()).hexdigest()[:8])   # records are <8 hex>-seed<N>.json
     return rec("tofu", method, seed, {"forget_quality": fq, "model_utility": mu, "rouge_f": 0.3},
                benchmark_config={"split": split, "prompt_format": "auto"}, **kw)
 
@@ -254,7 +255,8 @@ def test_sga_unknown_cells_and_ambiguous_configurations():
     # SGA ran on two splits: the configuration with more seeds is shown and the other one named.
     assert cell(headers, rows["SGA"], "Forget quality ↑ ours") == "0.015 ± 0.00707"
     assert cell(headers, rows["SGA"], "Seed(s)") == "0, 1"
-    assert ("1 other configuration(s) also match 'SGA' (config sga0100); shown: config sga0500 "
+    one, five = (tofu("sga", split, 0, 0)["config_id"] for split in ("forget01", "forget05"))
+    assert (f"1 other configuration(s) also match 'SGA' (config {one}); shown: config {five} "
             "(benchmark_config.split=forget05), the one with the most seeds.") in tofu_part
     # The review's range is a note on the unknown cell, never a number in it.
     sga_paper = cell(headers, rows["SGA"], "Forget quality paper")

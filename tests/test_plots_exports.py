@@ -51,9 +51,9 @@ def records():
     syn = "synthetic"
     return [
         rec(syn, "target", 0, {"verbmem_f": 88.0, "rouge_f": 0.98, "privleak": -72.3, "model_utility": 0.905},
-            kind="reference", row="Target", cid="t0"),
+            kind="reference", row="Target", cid="7a7a7a7a"),
         rec(syn, "retain", 0, {"verbmem_f": 21.3, "rouge_f": 0.327, "privleak": 0.0, "model_utility": 0.956},
-            kind="reference", row="Retain", cid="r0"),
+            kind="reference", row="Retain", cid="8b8b8b8b"),
         rec(syn, "ga", 0, {"verbmem_f": 50.5, "rouge_f": 0.52, "privleak": -75.1, "model_utility": 0.788}, row="GA"),
         rec(syn, "ga", 1, {"verbmem_f": 48.25, "rouge_f": 0.5, "privleak": -70.0, "model_utility": 0.8}, row="GA"),
         rec(syn, "npo", 0, {"verbmem_f": 40.0, "rouge_f": 0.55, "privleak": -60.0}, row="NPO",
@@ -63,10 +63,10 @@ def records():
         rec(syn, "graddiff", 0, {"verbmem_f": 0.0, "rouge_f": 0.0, "privleak": 50.0, "model_utility": 0.1},
             row="GradDiff", status="diverged", step=2, losses=(0.2, -500.0, float("nan"))),
         rec("tofu", "target", 0, {"forget_quality": 1.27e-3, "model_utility": 0.61}, kind="reference",
-            row="Target", cid="tt"),
+            row="Target", cid="7c7c7c7c"),
         rec("tofu", "retain", 0, {"forget_quality": 1.0, "model_utility": 0.63}, kind="reference", row="Retain",
-            cid="tr"),
-        rec("tofu", "ga", 0, {"forget_quality": 1.2e-20, "model_utility": 0.4}, row="GA", cid="tg"),
+            cid="8d8d8d8d"),
+        rec("tofu", "ga", 0, {"forget_quality": 1.2e-20, "model_utility": 0.4}, row="GA", cid="9e9e9e9e"),
     ]
 
 

@@ -89,6 +89,7 @@ class RunRequest:
     trust_remote_code: bool = False
     eval_cache: bool = True        # reuse engine outputs of identical weights (harness/engines/cache.py)
     engine: str = field(default_factory=default_engine)   # auto, hf or vllm (harness/engines/factory.py)
+    trains: bool = True   # False for eval/prepare: methods are named only so that their --set keys are valid
     sweep: dict[str, list[str]] = field(default_factory=dict)   # --sweep KEY=V1,V2: a grid of method cells (sweep.py)
 
 

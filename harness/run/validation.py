@@ -92,6 +92,8 @@ def check_seed(seed: int) -> None:
 
 def check_methods_fit_data(runner) -> None:
     """A method setting that cannot work with this data (e.g. SGA's K against the retain items) is refused now."""
+    if not runner.req.trains:   # eval and prepare train no method
+        return
     forget, retain = runner.bench.forget_train(), runner.bench.retain_train()
     for name, point in runner.method_cells.values():
         problem = runner.method_cls[name](runner.method_configs(name, point)[1]).data_problem(forget, retain)
