@@ -72,7 +72,7 @@ def test_runner_makes_one_cell_per_point_with_its_own_record_path():
     ({"sweep": {"eval.select": ["last", "utility_preserving"]}}, "eval.\\* settings change"),
     ({"sweep": {"benchmark.num_forget": ["2", "4"]}}, "benchmark.\\* settings change"),
     ({"sweep": {"train.lr": ["1e-5", "2e-5"]}, "overrides": {"lr": "1e-4"}}, "both give train.lr"),
-    ({"sweep": {"train.lr": ["1e-5", "fast"]}}, "train.lr=fast: expected float"),
+    ({"sweep": {"train.lr": ["1e-5", "fast"]}}, "--sweep train.lr: the value fast: expected float"),
     ({"sweep": {"train.lrate": ["1e-5"]}}, "unknown --set key"),
     ({"sweep": {"train.lr": ["1e-5"]}, "overrides": {"eval.select": "utility_preserving",
                                                       "eval.select_fraction": "1.5"}}, "select_fraction must lie in"),

@@ -161,8 +161,14 @@ class Runner:
             sweeps.cell_name(m, p): (m, p) for m in self.methods for p in sweeps.points_for(m, self.sweep)}
         self._check_needs()
         for name, point in self.method_cells.values():   # every point's settings (train.lora.* too) checked before any model loads
-            self.method_configs(name, point)
-            self.lora_settings(name, point)
+            try:
+                self.method_configs(name, point)
+                self.lora_settings(name, point)
+            except HarnessError as exc:   # name the flag that gave the value
+                text = str(exc)
+                for key, value in point.items():
+                    text = text.replace(f"--set {key}={value}:", f"--sweep {key}: the value {value}:")
+                raise HarnessError(text) from None
         attack_names = parse_attacks(self.eval_cfg.attacks)   # validated up front, like everything above
         self.attacks = Attacks(attack_names, cfgmod.build(AttackConfig, "attack", [self.overrides]), self.bench,
                                self.finetune_cfg, req.seed, self.bench_cls.columns, self.log) if attack_names else None
