@@ -173,6 +173,13 @@ def test_the_leaderboard_row_of_a_sweep_is_its_selected_point_with_setting_and_e
     assert "most forgetting on ROUGE f (0.500) among the 2 of 3 swept points" in board
 
 
+def test_the_html_page_shows_the_selected_point_too(tmp_path):
+    from harness.leaderboard.html import write_html
+
+    page = write_html(_board_records(), {"synthetic": COLUMNS}, tmp_path / "LEADERBOARD.html").read_text()
+    assert "(selected: lr=3e-5, epoch 2)" in page and page.count('data-method="ga"') == 1
+
+
 def test_the_tradeoff_plot_draws_every_swept_point_and_rings_the_selected_one():
     pytest.importorskip("matplotlib")
     from harness.leaderboard.plots import Axes, _tradeoff
