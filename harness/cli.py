@@ -196,6 +196,13 @@ def cmd_list(args) -> int:
     return 0
 
 
+def torch_threads() -> int:
+    """The thread count ``main`` resolved from --threads (harness/runtime/threads.py)."""
+    from harness.runtime import threads
+
+    return threads.describe()["threads"]
+
+
 def _request(args, **extra):
     from harness.run.config import parse_set
     from harness.run.runner import RunRequest
@@ -203,7 +210,7 @@ def _request(args, **extra):
     return RunRequest(
         benchmark=args.benchmark, model=args.model, data_dir=args.data_dir, seed=args.seed, limit=args.limit,
         overrides=parse_set(args.overrides), device=args.device, trust_remote_code=args.trust_remote_code,
-        eval_cache=getattr(args, "eval_cache", True), **extra,
+        eval_cache=getattr(args, "eval_cache", True), threads=torch_threads(), **extra,
         **({"engine": args.engine} if getattr(args, "engine", None) else {}),
     )
 

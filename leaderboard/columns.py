@@ -96,3 +96,26 @@ class Column:
     def header(self) -> str:
         """Header text: 'VerbMem f ↓', 'KnowMem r ↑', 'PrivLeak → 0'."""
         return header_text(self.label, self.direction, self.target)
+
+
+#: prefix of the aggregates the lm-eval route adds (harness/engines/lm_eval_route.py): lm_eval/<task>/<metric>
+LM_EVAL_PREFIX = "lm_eval/"
+
+
+def lm_eval_columns(records, declared) -> list[Column]:
+    """Columns for ``lm_eval/<task>/<metric>`` aggregates that records hold and the benchmark does not declare.
+
+    They come from ``eval.lm_eval_tasks`` (MMLU or any lm-eval task as a utility family), so each is read as
+    utility: higher is better. ``<metric>`` per document in ``per_sample["lm_eval/<task>"]`` gives the interval.
+    """
+    from harness.scoring.uncertainty import ItemMean
+
+    known = {c.key for c in declared}
+    keys = sorted({k for r in records for k in (r.get("aggregates") or {})
+                   if k.startswith(LM_EVAL_PREFIX) and k not in known and k.count("/") == 2})
+    out = []
+    for key in keys:
+        _, task, metric = key.split("/")
+        out.append(Column(key, f"{task} {metric} (lm-eval)", "up", "utility", digits=3,
+                          interval=ItemMean(f"lm_eval/{task}", metric)))
+    return out

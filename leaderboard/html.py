@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 from urllib.parse import quote
 
-from .columns import DIRECTIONS, Column
+from .columns import DIRECTIONS, Column, lm_eval_columns
 from .markdown import (_best_rows, _build_rows, _data_cut, _number, _record_key, _settings_text, _text, _unique,
                        section_key, section_title)
 from .robustness import render_robustness
@@ -157,6 +157,7 @@ def _markdown_table(text: str) -> str:
 def _section(benchmark: str, model: str, records: Sequence[Mapping[str, Any]], columns: Sequence[Column] | None,
              link_base: str) -> str:
     columns = list(columns or [])
+    columns += lm_eval_columns(records, columns)   # as the Markdown page: eval.lm_eval_tasks' utility columns
     rows = _build_rows(records, columns)
     best = {c.key: _best_rows(rows, c) for c in columns}
     sources = sorted({str(s) for r in records if (s := (r.get("data") or {}).get("source"))})

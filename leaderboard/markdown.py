@@ -33,7 +33,7 @@ from harness.run.results import atomic_write_text
 from harness.run import sweep as sweeps
 from harness.run.selection import Context
 
-from .columns import DIRECTIONS, Column, format_value
+from .columns import DIRECTIONS, Column, format_value, lm_eval_columns
 from .intervals import AT_P_MIN, TIED, CellUncertainty, cell_interval, forget_quality_ks, test_against_best, within_target
 from .robustness import render_robustness
 from .versions import render_version_note
@@ -498,6 +498,7 @@ def _render_section(benchmark: str, model: str, records: Sequence[Mapping[str, A
                     columns: Sequence[Column] | None) -> str:
     known = columns is not None
     columns = list(columns or [])
+    columns += lm_eval_columns(records, columns)   # eval.lm_eval_tasks: utility columns any benchmark may carry
     rows = _build_rows(records, columns)
 
     sources = sorted({str(s) for r in records if (s := (r.get("data") or {}).get("source"))})

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Mutation check: does the suite notice when the scoring, the losses, the engine's moments, the
-cache key or the training loop are wrong?
+cache key, the training loop, FSDP sharding, the executors, claims, devices or cell identity are wrong?
 
 Each mutant below is one deliberate, plausible break (one text replacement in one file). For each,
 the repository's source and tests are copied to a temporary folder, the break is made there, and
@@ -54,13 +54,17 @@ MUTANTS = [
            "mu = (probs * rows).sum(-1)", "mu = -(probs * rows).sum(-1)", ("tests/test_engine.py",)),
     # cache key
     Mutant("cache-key-text-only", "harness/engines/cache.py",
-           "return kind + json.dumps(dataclasses.asdict(request), sort_keys=True)",
+           "return kind + json.dumps(fields, sort_keys=True)",
            "return kind + json.dumps([str(request.prompt), getattr(request, 'continuation', '')])",
            ("tests/test_evalcache.py",)),
     Mutant("cache-key-ignores-add-eos", "harness/engines/cache.py",
-           "json.dumps(dataclasses.asdict(request), sort_keys=True)",
-           "json.dumps({k: v for k, v in dataclasses.asdict(request).items() if k != 'add_eos'}, sort_keys=True)",
+           "json.dumps(fields, sort_keys=True)",
+           "json.dumps({k: v for k, v in fields.items() if k != 'add_eos'}, sort_keys=True)",
            ("tests/test_evalcache.py",)),
+    Mutant("cache-key-drops-grad-norm", "harness/engines/cache.py",
+           'if kind == "logprob" and not fields["grad_norm"]:', 'if kind == "logprob":', ("tests/test_evalcache.py",)),
+    Mutant("cache-key-ignores-threads", "harness/engines/hf.py",
+           "            **threads.identity(self.device),\n", "", ("tests/test_evalcache.py",)),
     # decoding (MUSE clean-up)
     Mutant("cleanup-keeps-space-before-comma", "harness/data/cleanup.py", '(" ,", ","), ', "", ("tests/test_engine.py",)),
     Mutant("cleanup-ignored", "harness/engines/base.py",
@@ -94,6 +98,46 @@ MUTANTS = [
     Mutant("length-batches-not-shuffled", "harness/training/loop.py",
            "return [i for b in torch.randperm(len(batches), generator=rng).tolist() for i in batches[b]]",
            "return [i for b in batches for i in b]", ("tests/test_training.py",)),
+    Mutant("epoch-order-unshuffled", "harness/training/loop.py",
+           "    if not group_by_length:\n        return order\n", "    if not group_by_length:\n        return sorted(order)\n",
+           ("tests/test_training.py",)),
+    # FSDP sharding
+    Mutant("shard-units-without-whole-model", "harness/training/sharding.py",
+           "and m is not model] + [model]", "and m is not model]", ("tests/test_sharding.py",)),
+    Mutant("shard-units-whole-model-only", "harness/training/sharding.py",
+           'names = set(getattr(model, "_no_split_modules", None) or ())', "names = set()", ("tests/test_sharding.py",)),
+    Mutant("gather-local-shard-only", "harness/training/sharding.py",
+           'full = param.full_tensor() if hasattr(param, "full_tensor") else param',
+           'full = param.to_local() if hasattr(param, "to_local") else param', ("tests/test_sharding.py",)),
+    Mutant("gather-rebinds-not-copies", "harness/training/sharding.py",
+           "target[name].copy_(full.to(target[name].device))", "target[name] = full.to(target[name].device)",
+           ("tests/test_sharding.py",)),
+    # executors and claims
+    Mutant("executor-no-retain-stage", "harness/run/executors.py",
+           'first = [n for n in names if n == "retain"]', 'first = []', ("tests/test_executors.py",)),
+    Mutant("executor-failures-dropped", "harness/run/executors.py",
+           'summary.failed += r.get("failed", [])', "pass", ("tests/test_executors.py",)),
+    Mutant("executor-task-ignores-driver-threads", "harness/run/runner.py",
+           "if req.threads is not None and req.threads != torch.get_num_threads():", "if False:",
+           ("tests/test_executors.py",)),
+    Mutant("claim-pid-checked-on-other-hosts", "harness/run/claims.py",
+           'if info.get("host") == socket.gethostname() and', 'if info.get("host") != socket.gethostname() and',
+           ("tests/test_claims.py",)),
+    Mutant("claim-heartbeat-ignored", "harness/run/claims.py",
+           'return now - float(info.get("heartbeat", 0)) > stale_after_s()', "return False", ("tests/test_claims.py",)),
+    # devices
+    Mutant("device-default-always-cpu", "harness/runtime/models.py",
+           'return torch.device("cuda" if torch.cuda.is_available() else "cpu")', 'return torch.device("cpu")',
+           ("tests/test_devices.py",)),
+    Mutant("device-index-off-by-one", "harness/runtime/models.py",
+           "device.index >= torch.cuda.device_count()", "device.index > torch.cuda.device_count()",
+           ("tests/test_devices.py",)),
+    # the thread count in a cell's identity (issue 29)
+    Mutant("cell-identity-ignores-threads", "harness/run/runner.py",
+           '"eval": evaluation, **attacks, **threads.identity(self.device),', '"eval": evaluation, **attacks,',
+           ("tests/test_threads.py",)),
+    Mutant("prepared-key-ignores-threads", "harness/run/prepare.py",
+           '"code": finetune_code(), **threads.identity(device)}', '"code": finetune_code()}', ("tests/test_threads.py",)),
     # synthetic benchmark
     Mutant("bio-split-moved", "benchmarks/synthetic.py",
            "half = len(words) // 2", "half = len(words) // 2 + 1", ("tests/test_synthetic_benchmark.py",)),

@@ -141,6 +141,8 @@ CASES = [
     Case("`--limit 0`", lambda t: [*RUN, "--limit", "0"]),
     Case("`--limit -5`", lambda t: [*RUN, "--limit", "-5"]),
     Case("`--set train.lr=abc`", lambda t: [*RUN, "--set", "train.lr=abc"]),
+    Case("`--set eval.lm_eval_tasks=wmdp_bi` (a misspelt lm-eval task)", lambda t: [*RUN, "--set", "eval.lm_eval_tasks=wmdp_bi"]),
+    Case("`--set eval.lm_eval_tasks=missing.yaml`", lambda t: [*RUN, "--set", "eval.lm_eval_tasks=missing.yaml"]),
     Case("`--set sga.K=abc`", lambda t: [*RUN, "--set", "sga.K=abc"]),
     Case("`--set train.lr=-1`", lambda t: [*RUN, "--set", "train.lr=-1"]),
     Case("`--set finetune.epochs=-2`", lambda t: [*RUN, "--set", "finetune.epochs=-2"]),

@@ -71,6 +71,22 @@ def test_changed_weights_or_settings_miss(tiny, tmp_path):
     assert model_key(model, tok, settings) != before
 
 
+def test_another_cpu_thread_count_misses(tiny):
+    """1 and 2 threads round log-probs differently: a CPU cell re-run with another count is scored anew."""
+    model, tok = tiny
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = HFEngine(model, tok).settings()
+        torch.set_num_threads(2)
+        two = HFEngine(model, tok).settings()
+    finally:
+        torch.set_num_threads(previous)
+    assert one["cpu_threads"] == 1 and two["cpu_threads"] == 2
+    assert {k: v for k, v in one.items() if k != "cpu_threads"} == {k: v for k, v in two.items() if k != "cpu_threads"}
+    assert model_key(model, tok, one) != model_key(model, tok, two)
+
+
 def test_rerun_reuses_outputs_and_no_eval_cache_does_not(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     quick = ["--benchmark", "synthetic", "--model", "tiny-random", "--limit", "2", "--methods", "ga",
@@ -149,3 +165,23 @@ def test_a_request_differing_in_one_setting_is_not_served_the_stored_answer(tmp_
     again = Echo()
     assert run(CachedEngine(again, cache, "m"), [base, variant]) == stored + run(Echo(), [variant])
     assert again.asked == []   # both stored now, each under its own key
+
+
+def test_request_keys_are_the_kind_then_every_field_as_sorted_json():
+    """Written out by hand: a stored answer is found again only under this exact text, so the format
+    is pinned (a request made before ``grad_norm`` existed keeps its key), and every field is in it."""
+    from harness.data.chat import ChatPrompt
+    from harness.engines.cache import request_key
+
+    assert request_key(GenerationRequest("Q:", 8, ("\n",))) == \
+        'gen{"clean_up_spaces": false, "max_new_tokens": 8, "prompt": "Q:", "stop": ["\\n"]}'
+    assert request_key(LogprobRequest("Q:", " a")) == \
+        'logprob{"add_eos": false, "continuation": " a", "full_context": false, "needs_distribution": false, "prompt": "Q:"}'
+    assert request_key(LogprobRequest("Q:", " a", add_eos=True, full_context=True, needs_distribution=True,
+                                      grad_norm=True)) == \
+        ('logprob{"add_eos": true, "continuation": " a", "full_context": true, "grad_norm": true, '
+         '"needs_distribution": true, "prompt": "Q:"}')
+    assert request_key(LogprobRequest(ChatPrompt("Q:", system="Be brief."), " a")) == \
+        ('logprob{"add_eos": false, "continuation": " a", "full_context": false, "needs_distribution": false, '
+         '"prompt": {"date_string": "", "system": "Be brief.", "user": "Q:"}}')
+    assert request_key(GenerationRequest(ChatPrompt("Q:"), 8)) != request_key(GenerationRequest("Q:", 8))

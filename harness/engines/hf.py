@@ -22,6 +22,7 @@ from transformers import StoppingCriteria
 from harness.data.batching import IGNORE, encode
 from harness.engines.base import GenerationRequest, LogprobRequest, TokenScores, TokenizedEngine
 from harness.errors import HarnessError
+from harness.runtime import threads
 
 
 
@@ -148,13 +149,16 @@ class HFEngine(TokenizedEngine):
         """What the outputs depend on besides weights, tokenizer and request (the cache key).
 
         The batch size is left out: it changes only the padding, which moves log-probs by
-        float rounding (about 1e-6), never a greedy token in our tests.
+        float rounding (about 1e-6), never a greedy token in our tests. The CPU thread count is in
+        (``threads.identity``): it is part of a CPU cell's identity, so a cell re-run with another
+        count computes its scores anew rather than reading the other count's.
         """
         import transformers
 
         return {
             "engine": "hf", "dtype": str(next(self.model.parameters()).dtype), "device": self.device.type,
             "max_length": self.max_length, "torch": torch.__version__, "transformers": transformers.__version__,
+            **threads.identity(self.device),
         }
 
     def describe(self) -> dict:

@@ -29,6 +29,10 @@ class EvalConfig:
     select_fraction: float = 0.9    # utility_preserving: share of the target's utility a candidate must keep (MUSE-style)
     select_forget: str = ""         # utility_preserving / first_below_retain: the forget column ranked ('' = the benchmark's)
     attacks: str = ""           # comma list of relearn, int8, int4: re-evaluate attacked copies (harness/attacks/suite.py)
+    # lm-evaluation-harness tasks scored on every evaluated model as extra columns lm_eval/<task>/<metric>
+    # (harness/engines/lm_eval_route.py): a comma list of registered task names (mmlu; hub data) and
+    # .yaml task files (local data); off by default
+    lm_eval_tasks: str = ""
     # vLLM engine (--engine vllm; docs/engines.md). auto dtype = the HF model's own (fp32 CPU, bf16 GPU).
     vllm_dtype: str = "auto"        # auto, float32, bfloat16 or float16 (bf16 on CPU: faster, changes scores)
     vllm_tensor_parallel: int = 1   # GPUs per model

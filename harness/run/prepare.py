@@ -3,8 +3,8 @@
 The target is the base fine-tuned on forget + retain, the retain model the base fine-tuned on
 retain alone: the retain model is what perfect unlearning would give, so it provides the
 reference rows and per-item references. Both are cached by (base model, benchmark data and
-config, fine-tuning config, seed, and a hash of the fine-tuning code: ``codeversion.finetune_code``)
-and reused by every later run; a change to the loop, batching, losses or this module prepares anew.
+config, fine-tuning config, seed, the CPU thread count on a CPU (``threads.identity``), and a hash
+of the fine-tuning code: ``codeversion.finetune_code``) and reused by every later run; a change to the loop, batching, losses or this module prepares anew.
 """
 from __future__ import annotations
 
@@ -20,17 +20,19 @@ from harness.training import distributed
 from harness.run.claims import Claims, claim_cell
 from harness.runtime.codeversion import finetune_code
 from harness.errors import HarnessError
-from harness.runtime.models import cache_root, load_model, load_tokenizer, portable_path
+from harness.runtime import threads
+from harness.runtime.models import cache_root, load_model, load_tokenizer, pick_device, portable_path
 from harness.run.results import slug
 from harness.training.finetune import Finetune
 from harness.training.loop import TrainConfig, train
 
 
-def prepared_key(base: str, benchmark, cfg: TrainConfig, seed: int) -> str:
-    """Base model, benchmark data and settings, fine-tuning config, seed and code; and the settings
-    the base's tokenizer resolved (TOFU's prompt format), where there are any."""
+def prepared_key(base: str, benchmark, cfg: TrainConfig, seed: int, device=None) -> str:
+    """Base model, benchmark data and settings, fine-tuning config, seed and code; the settings the
+    base's tokenizer resolved (TOFU's prompt format), where there are any; and on a CPU the thread
+    count the fine-tuning computes with (``device`` None: the CPU)."""
     parts = {"base": base, "benchmark": benchmark.name, "data": benchmark.data_info(), "finetune": asdict(cfg), "seed": seed,
-             "code": finetune_code()}
+             "code": finetune_code(), **threads.identity(device)}
     resolved = benchmark.resolved_settings()
     if resolved:
         parts["resolved"] = resolved
@@ -38,8 +40,8 @@ def prepared_key(base: str, benchmark, cfg: TrainConfig, seed: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-def prepared_folder(base: str, benchmark, cfg: TrainConfig, seed: int, role: str) -> Path:
-    key = prepared_key(base, benchmark, cfg, seed)
+def prepared_folder(base: str, benchmark, cfg: TrainConfig, seed: int, role: str, device=None) -> Path:
+    key = prepared_key(base, benchmark, cfg, seed, device)
     return cache_root() / "prepared" / benchmark.name / slug(base) / f"{role}-{key}"
 
 
@@ -50,10 +52,11 @@ def is_ready(folder: Path) -> bool:
 def prepare(base: str, benchmark, cfg: TrainConfig, seed: int, device=None, progress=None, force=False, log=print) -> dict[str, Path]:
     """Return {"target": folder, "retain": folder}, fine-tuning whichever is not cached yet."""
     benchmark.use_tokenizer(load_tokenizer(base))   # the prompt format the models are fine-tuned in
+    device = device if device is not None else pick_device()   # the key says whether it is a CPU
     folders = {}
     ranks, claims = distributed.current(device), Claims()
     for role in ("target", "retain"):
-        folder = prepared_folder(base, benchmark, cfg, seed, role)
+        folder = prepared_folder(base, benchmark, cfg, seed, role, ranks.device)
         folders[role] = folder
         # One builder per folder: other processes sharing the cache wait for it (harness/run/claims.py);
         # under accelerate launch the main process decides for all ranks, which then train together.
@@ -97,7 +100,7 @@ def _build(base, benchmark, cfg, seed, device, progress, log, role: str, folder:
     info = {
         "role": role, "base": base, "resolved_settings": benchmark.resolved_settings(), "base_source": portable_path(loaded.source), "benchmark": benchmark.name,
         "data": benchmark.data_info(), "finetune": asdict(cfg), "seed": seed,
-        "code": finetune_code(), "examples": len(examples), "steps": result.steps, "final_loss": result.last_finite_loss,
+        "code": finetune_code(), **threads.identity(ranks.device), "examples": len(examples), "steps": result.steps, "final_loss": result.last_finite_loss,
         "seconds": round(time.perf_counter() - started, 1),
     }
     (tmp / "prepare.json").write_text(json.dumps(info, indent=1, default=str))

@@ -40,6 +40,7 @@ from harness.engines.factory import EvalEngines, default_engine, resolve_engine
 from harness.errors import HarnessError
 from harness.engines.cache import EvalCache
 from harness.engines.plan import run_plan
+from harness.engines import lm_eval_route
 from harness.runtime.random_models import RANDOM_SOURCE, is_random_spec
 from harness.runtime.random_models import source_text as random_source
 from harness.runtime.models import SMOLLM2_ALIAS, cache_root, fingerprint, load_model, pick_device, portable_path, smollm2_folder
@@ -90,6 +91,8 @@ class RunRequest:
     eval_cache: bool = True        # reuse engine outputs of identical weights (harness/engines/cache.py)
     engine: str = field(default_factory=default_engine)   # auto, hf or vllm (harness/engines/factory.py)
     trains: bool = True   # False for eval/prepare: methods are named only so that their --set keys are valid
+    threads: int | None = None     # torch's CPU threads, part of a CPU cell's identity; None: as torch is set now
+                                   # (the CLI resolves --threads first; executors pass it on to their tasks)
     sweep: dict[str, list[str]] = field(default_factory=dict)   # --sweep KEY=V1,V2: a grid of method cells (sweep.py)
 
 
@@ -115,6 +118,8 @@ def resolve_methods(spec: str) -> list[str]:
 class Runner:
     def __init__(self, req: RunRequest, progress=None, log=print):
         self.req, self.progress, self.log = req, progress, log
+        if req.threads is not None and req.threads != torch.get_num_threads():
+            threads.apply(req.threads)   # a task of --executor ray|slurm computes with the driver's count
         self.ranks = distributed.current(pick_device(req.device))   # several only under accelerate launch
         self.device = self.ranks.device
         if not self.ranks.is_main:  # one voice: the main process logs, evaluates and writes
@@ -169,6 +174,10 @@ class Runner:
                 for key, value in point.items():
                     text = text.replace(f"--set {key}={value}:", f"--sweep {key}: the value {value}:")
                 raise HarnessError(text) from None
+        # lm-eval tasks: the benchmark's own (WMDP) and eval.lm_eval_tasks, resolved and checked reachable up front
+        self.lm_eval_tasks = [*self.bench.lm_eval_tasks(), *lm_eval_route.parse_tasks(self.eval_cfg.lm_eval_tasks)]
+        lm_eval_route.check_distinct(self.lm_eval_tasks)
+        lm_eval_route.check_reachable(self.lm_eval_tasks, f"benchmark '{self.bench.name}'")
         attack_names = parse_attacks(self.eval_cfg.attacks)   # validated up front, like everything above
         self.attacks = Attacks(attack_names, cfgmod.build(AttackConfig, "attack", [self.overrides]), self.bench,
                                self.finetune_cfg, req.seed, self.bench_cls.columns, self.log) if attack_names else None
@@ -235,16 +244,20 @@ class Runner:
                 evaluation.pop(key)
         if not evaluation.get("attacks"):  # runs without attacks keep the config ids they always had
             evaluation.pop("attacks", None)
+        if not evaluation.get("lm_eval_tasks"):  # likewise runs without lm-eval tasks
+            evaluation.pop("lm_eval_tasks", None)
         for key in ("select_fraction", "select_forget"):   # part of a cell only under a rule that reads them
             if key not in self.rule.parameters or reference:
                 evaluation.pop(key, None)
         attacks = {"attack": self.attacks.settings()} if self.attacks else {}
+        # lm-eval task definitions and their local data; runs without tasks keep their config ids
+        lm_eval = {"lm_eval": [t.describe() for t in self.lm_eval_tasks]} if self.lm_eval_tasks else {}
         return {
             "benchmark": self.bench.name, "benchmark_config": dataclasses.asdict(self.bench.config),
             "data_fingerprint": self.bench.data_info().get("fingerprint"), "limit": self.req.limit,
             "model": self.model_label, "target": self.req.target, "retain": self.req.retain,
             "finetune": None if self.req.target else dataclasses.asdict(self.finetune_cfg),
-            "eval": evaluation, **attacks,
+            "eval": evaluation, **attacks, **lm_eval, **threads.identity(self.device),
         }
 
     # --- the run -----------------------------------------------------------------------------
@@ -477,7 +490,7 @@ class Runner:
         record = {
             "schema": 1, "benchmark": self.bench.name, "model": self.model_label, "method": method, "row": label,
             "kind": kind, "seed": self.req.seed, "config_id": cid, "config": resolved,
-            "overrides": self.req.overrides, "settings": settings or "evaluation only",
+            "overrides": self.req.overrides, "settings": shown_settings(settings, resolved),
             "data": self.bench.data_info(), "versions": versions(), "commit": git_commit(), "device": str(self.device),
             **({"code": code} if code else {}),
             "threads": threads.describe(),
@@ -624,6 +637,10 @@ class Runner:
         scores = bench.score(outputs, reference)
         if self_reference:  # the retain model against itself: forget quality 1, PrivLeak 0 by definition
             scores = bench.score(outputs, scores.reference_values)
+        lm_eval = self._lm_eval(loaded)   # the route beside the plan: lm-eval's own tasks on the same model
+        if lm_eval is not None:
+            scores.aggregates.update(lm_eval.aggregates)
+            scores.per_sample.update(lm_eval.per_sample)
         for warning in scores.warnings:   # once per run; every cell's record keeps its own
             self._warn(f"warning: {bench.name}: {warning}")
         return {
@@ -637,7 +654,15 @@ class Runner:
             "eval_counts": {**outputs.counts, **getattr(engine, "counts", {})},
             "eval_engines": engine.record(),
             "eval_runtime": {**engine.describe(), **threads.describe()},
+            **({"lm_eval": lm_eval.info} if lm_eval is not None else {}),
         }
+
+    def _lm_eval(self, loaded):
+        """The run's lm-eval tasks on ``loaded`` (None without any): columns lm_eval/<task>/<metric>."""
+        if not self.lm_eval_tasks:
+            return None
+        return lm_eval_route.evaluate(loaded.model, loaded.tokenizer, self.lm_eval_tasks, self.eval_cfg.batch_size,
+                                      self.req.limit)
 
     def _eval_truncation(self, tokenizer, bench, plan) -> dict[str, int]:
         """Items of each request list of the evaluated ``plan`` longer than eval.max_length (counted once
@@ -733,6 +758,13 @@ class PerEpoch:
     def summary(self, losses: list[float], steps_per_epoch: int, total: int) -> list[dict]:
         """Per epoch: its scores and the loss of its last optimiser step."""
         return [{**e, "loss": losses[min(e["epoch"] * steps_per_epoch, total) - 1]} for e in self.epochs]
+
+
+def shown_settings(settings: str, resolved: dict) -> str:
+    """The record's ``settings`` line (the leaderboard's Settings column): the method's settings, or
+    'evaluation only', then the CPU thread count where it is part of the cell (threads.identity)."""
+    cpu = f"threads={resolved['cpu_threads']}" if "cpu_threads" in resolved else ""
+    return ", ".join(part for part in (settings or "evaluation only", cpu) if part)
 
 
 def weights_folder(spec: str) -> Path | None:

@@ -5,6 +5,9 @@ with other load took 283 s with 2 threads and 47 s with 1 for the same 2,048 tok
 an explicit ``--threads N``, else ``OMP_NUM_THREADS``, else the cores this process may run on
 (CPU affinity, capped by a cgroup CPU quota) less the load other processes already put on
 them (the 1-minute load average, rounded), and at least one.
+
+On a CPU the count is also part of what a result is keyed by (``identity``): a cell's config id,
+a prepared model's cache key and the evaluation cache's key.
 """
 from __future__ import annotations
 
@@ -69,3 +72,20 @@ def describe() -> dict:
     if _chosen is not None and _chosen["threads"] == now:
         return dict(_chosen)
     return {"threads": now, "why": "set by the caller (torch.set_num_threads)" if _chosen else "torch default"}
+
+
+def identity(device) -> dict:
+    """``{"cpu_threads": N}`` for results computed on a CPU, ``{}`` on a GPU: the part of a key the thread count is.
+
+    On a CPU torch splits matrix products and reductions across its threads, and the split
+    changes the rounding: evaluating the same weights with 2 threads instead of 1 gave the same
+    greedy generations but log-prob scores that moved by up to 1.2e-6 (README, reproduction
+    check), and training is made of the same operations. So a result made with one count is
+    not reused for another. On a GPU (cuda, mps) the forward and backward passes, the
+    log-softmax and the optimiser step run on the device, where torch's CPU thread count does
+    not enter; the CPU only turns per-token values into Python floats, which Python, numpy and
+    scipy aggregate without torch's thread pool. So the count is left out there, and GPU keys
+    stay what they were.
+    """
+    kind = getattr(device, "type", None) or str(device or "cpu").split(":")[0]
+    return {"cpu_threads": torch.get_num_threads()} if kind == "cpu" else {}
