@@ -55,9 +55,15 @@ def qa_prompt(question: str) -> str:
 
 @dataclass
 class SyntheticConfig:
-    num_forget: int = 4
+    # Sizes (issue 23): 8 forget people give 32 forget questions and 8 biographies, so the target
+    # and retain rows' 95% intervals are apart in every forget column and the KS test of forget
+    # quality has a floor of 1.1e-18 (n = m = 32; it was 3.3e-9 at 16) with steps of 1/32 in D;
+    # 8 holdout people give 40 non-member texts against 40 members. Measured with SmolLM2-135M,
+    # --threads 1 on a loaded 2-core machine: evaluation about 1.7x the old 4/4 sizes per cell
+    # (68 s against 39 s for the target), GA's training 1.7x (63 s against 38 s).
+    num_forget: int = 8
     num_retain: int = 8
-    num_holdout: int = 4
+    num_holdout: int = 8
     qa_per_person: int = 4
     data_seed: int = 0               # the data is fixed by this, not by the run's seed
     utility_items: int = 12          # retain QA items scored for utility (0 = all); all are trained on

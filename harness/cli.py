@@ -17,6 +17,7 @@ EPILOG = """examples:
   harness run --methods all --benchmark synthetic                # embedded SmolLM2, offline
   harness run --methods ga,graddiff --benchmark synthetic --model tiny-random --limit 4
   harness run --methods graddiff --benchmark synthetic --set graddiff.alpha=2 --set train.lr=1e-5
+  harness run --methods ga,npo --benchmark synthetic --sweep train.lr=1e-5,3e-5,1e-4 --set eval.select=utility_preserving
   harness eval --benchmark synthetic --model path/to/model --retain path/to/retain_model
   harness list methods
   harness leaderboard                                            # re-render runs/LEADERBOARD.md
@@ -92,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="'all' (the default: every registered method, see `harness list methods`) or a comma list, e.g. ga,graddiff")
     run.add_argument("--target", help="an existing target model (skips prepare); --model then only labels the rows")
     run.add_argument("--retain", help="an existing retain model for the reference row and per-item references")
+    run.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
+                     help="run every method at each value (repeatable: a grid; each point is a cell with its own "
+                          "record), e.g. train.lr=1e-5,3e-5,1e-4; eval.select picks each method's point (docs/selection.md)")
     run.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS, help=RESULTS_HELP)
     run.add_argument("--force", action="store_true", help="re-run cells that already have a finished record")
     run.add_argument("--no-save-models", dest="save_models", action="store_false", help="do not save unlearned weights")
@@ -217,8 +221,11 @@ def cmd_run(args) -> int:
 
     if (lock_warning := drift_warning()) is not None:  # before any work: numbers may differ from results/
         print(lock_warning, file=sys.stderr)
+    from harness.run.sweep import parse as parse_sweep
+
     req = _request(args, methods=args.methods, target=args.target, retain=args.retain, results_dir=args.results_dir,
-                   force=args.force, save_models=args.save_models, models_dir=args.models_dir)
+                   force=args.force, save_models=args.save_models, models_dir=args.models_dir,
+                   sweep=parse_sweep(args.sweep))
     started = time.perf_counter()
     if args.executor != "local":
         from harness.run.executors import check_available

@@ -183,6 +183,8 @@ def _section(benchmark: str, model: str, records: Sequence[Mapping[str, Any]], c
             label = f'<a href="{_e(_href(str(path), link_base))}" title="{_e(hover)}">{label}</a>'
         else:
             label = f'<span title="{_e(hover)}">{label}</span>'
+        if row.sweep is not None:   # the chosen setting and epoch of a swept method, as in the Markdown
+            label += f' <span class="flag">({_e(row.sweep.shown)})</span>'
         if row.no_op:   # 'unchanged' / 'not distinguishable from the target', as in the Markdown
             label += f' <span class="flag">({_e("; ".join(row.no_op))})</span>'
         if marks:

@@ -7,6 +7,10 @@ checkpoint a selection rule other than ``last`` reported, stand-in data, the one
 of a failed cell, shown as a row marked "(failed)"). Reference rows
 (target, retain, ...) come first, then method rows by label.
 Seeds of one (method, config_id) collapse into one row showing mean ± sample std.
+A method run as a sweep (``harness run --sweep``) shows one row: the point its declared
+``eval.select`` rule chose (``harness.run.sweep.choose_point``, the same function the run used),
+labelled with that setting and epoch; the other points are listed in a note and drawn in the
+trade-off plot.
 The best method row per column is bold. The output depends only on the records' content,
 never on their order or on the clock.
 """
@@ -26,6 +30,8 @@ from urllib.parse import quote
 from tabulate import tabulate
 
 from harness.run.results import atomic_write_text
+from harness.run import sweep as sweeps
+from harness.run.selection import Context
 
 from .columns import DIRECTIONS, Column, format_value, lm_eval_columns
 from .intervals import AT_P_MIN, TIED, CellUncertainty, cell_interval, forget_quality_ks, test_against_best, within_target
@@ -136,6 +142,7 @@ class _Row:
     values: dict[str, _Value] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     no_op: list[str] = field(default_factory=list)   # 'unchanged' / 'not distinguishable from the target'
+    sweep: "SweptRow | None" = None                   # the chosen point of a sweep, and every point swept
 
     @property
     def excluded_from_best(self) -> bool:
@@ -228,7 +235,8 @@ def _note_texts(row: _Row) -> list[str]:
             text = f"{who}status '{status}'; scores may be incomplete."
         notes.append(text)
     for record in row.records:
-        chosen = _selection_text(record)
+        # a swept cell without per-epoch scores had one candidate: the sweep's note says what was chosen
+        chosen = "" if record.get("sweep") and not record.get("epochs") else _selection_text(record)
         if chosen:
             notes.append(f"seed {record.get('seed')} {chosen}" if several else chosen)
     for record in row.records:
@@ -255,7 +263,72 @@ def _selection_text(record: Mapping[str, Any]) -> str:
     return f"{text}: {reason}." if reason else f"{text}."
 
 
+@dataclass
+class SweptRow:
+    """A method's sweep as one row: the chosen point and all the points (each with its records)."""
+
+    rule: str
+    chosen: dict[str, str]
+    epoch: int | None
+    reason: str
+    points: list[tuple[dict[str, str], list[dict]]]   # every point of the sweep, in grid order
+    chosen_config: str = ""
+
+    @property
+    def shown(self) -> str:
+        """What the row's label carries: the chosen setting and epoch."""
+        text = f"selected: {sweeps.point_label(self.chosen)}"
+        return text + (f", epoch {self.epoch}" if self.epoch is not None else "")
+
+    @property
+    def note(self) -> str:
+        others = "; ".join(sweeps.point_label(p) for p, _ in self.points)
+        return (f"operating point chosen by eval.select={self.rule} among {len(self.points)} swept points ({others}): "
+                f"{' '.join(self.reason.split())}. Every point is drawn in the trade-off plot.")
+
+
+def _reference_aggregates(records: Sequence[Mapping[str, Any]], role: str) -> dict | None:
+    found = sorted((r for r in records if r.get("method") == role and _kind(r) == "reference"
+                    and r.get("status") in ("ok", "diverged")), key=_record_key)
+    return dict(found[0].get("aggregates") or {}) if found else None
+
+
+def _select_sweeps(records: Sequence[Mapping[str, Any]], columns: Sequence[Column]
+                   ) -> tuple[list[Mapping[str, Any]], dict[tuple[str, str], SweptRow]]:
+    """Keep, of each method's sweep, only the chosen point's records; the rest ride along in a SweptRow."""
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for record in records:
+        swept = record.get("sweep")
+        if isinstance(swept, Mapping) and swept.get("id") and _kind(record) == "method":
+            groups.setdefault((_text(record.get("method")), str(swept["id"])), []).append(record)
+    if not groups:
+        return list(records), {}
+    retain, target = _reference_aggregates(records, "retain"), _reference_aggregates(records, "target")
+    dropped: set[int] = set()
+    chosen: dict[tuple[str, str], SweptRow] = {}
+    for (method, _sid), members in sorted(groups.items()):
+        by_config: dict[str, list[Mapping[str, Any]]] = {}
+        for r in sorted(members, key=_record_key):
+            by_config.setdefault(_text(r.get("config_id")), []).append(r)
+        first = sorted(members, key=_record_key)[0]
+        rule = first["sweep"].get("rule") or {}
+        order = [tuple(p.items()) for p in sweeps.grid(first["sweep"].get("grid") or {})]
+        points = sorted(((dict(rs[0]["sweep"].get("point") or {}), rs) for rs in by_config.values()),
+                        key=lambda pr: (order.index(tuple(pr[0].items())) if tuple(pr[0].items()) in order
+                                        else len(order), str(pr[0])))
+        context = Context(columns, retain, target, rule.get("utility"), rule.get("forget"), float(rule.get("fraction", 0.9)))
+        try:
+            choice = sweeps.choose_point(points, str(rule.get("name") or "last"), context)
+        except Exception:   # the rule cannot decide from these records (a reference row missing): show every point
+            continue
+        info = SweptRow(choice.rule, choice.point, choice.epoch, choice.reason, points, choice.config_id)
+        chosen[(method, choice.config_id)] = info
+        dropped.update(id(r) for r in members if _text(r.get("config_id")) != choice.config_id)
+    return [r for r in records if id(r) not in dropped], chosen
+
+
 def _build_rows(records: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> list[_Row]:
+    records, swept = _select_sweeps(records, columns)
     groups: dict[tuple, _Row] = {}
     for record in records:
         kind = _kind(record)
@@ -273,6 +346,9 @@ def _build_rows(records: Sequence[Mapping[str, Any]], columns: Sequence[Column])
             row.label += " (failed)"
         row.values = {c.key: _aggregate(row.records, c) for c in columns}
         row.notes = _note_texts(row)
+        row.sweep = swept.get((row.method, row.config_id)) if row.kind == "method" else None
+        if row.sweep is not None:
+            row.notes.insert(0, row.sweep.note)
     rows.sort(key=lambda r: r.sort_key())
     _add_uncertainty(rows, columns, records)
     return rows
@@ -459,6 +535,8 @@ def _render_section(benchmark: str, model: str, records: Sequence[Mapping[str, A
     for i, row in enumerate(rows):
         path = row.records[0].get("path")
         label = f"[{_link_text(row.label)}]({_link_target(path)})" if path else _link_text(row.label)
+        if row.sweep is not None:   # the chosen setting and epoch of a swept method
+            label += f" ({_cell(row.sweep.shown)})"
         if row.no_op:   # after the link, so the row's name stays the method's
             label += f" ({'; '.join(row.no_op)})"
         if marks[i]:

@@ -3,7 +3,9 @@
 Per (benchmark, model) section of the leaderboard:
 
 - ``tradeoff-<benchmark>-<model>.png|svg``: forget (x) against utility (y), one point per
-  leaderboard row (mean over seeds), the retain model drawn as a star and labelled as the goal;
+  leaderboard row (mean over seeds), the retain model drawn as a star and labelled as the goal; a
+  method run as a sweep (``--sweep``) also has every swept point (and, with per-epoch scores, each
+  epoch) drawn as crosses joined in grid order, its selected point ringed and its setting in the label;
   the axes per benchmark come from ``TRADEOFF_AXES`` (else the benchmark's first
   knowledge/verbatim column against its first utility column). Points that would overlap on the
   page (within a few per cent of the axes, e.g. GA and NPO, or every row of a run that scored 0
@@ -173,6 +175,15 @@ def _tradeoff(benchmark: str, model: str, rows, columns: Sequence[Column], axes:
             style = dict(marker="o", s=50, zorder=3, edgecolors=color, linewidths=1.2,
                          color="none" if diverged else color)
             legend = "method (hollow: diverged)"
+            if row.sweep is not None:   # every swept point (and its epochs), the selected one ringed
+                swept = _swept_points(row, axes)
+                if swept:
+                    xs, ys = zip(*swept)
+                    ax.plot(xs, ys, linestyle=":", linewidth=0.8, color=color, marker="x", markersize=5, zorder=2,
+                            label=None if "swept point" in shown else "swept point (ringed: the selected one)")
+                    shown.add("swept point")
+                ax.scatter([x], [y], marker="o", s=170, facecolors="none", edgecolors="black", linewidths=1.1, zorder=4)
+                label += f" ({row.sweep.shown.removeprefix('selected: ')})"
         ax.scatter([x], [y], label=None if legend in shown else legend, **style)
         shown.add(legend)
         labels.append((x, y, label))
@@ -187,6 +198,26 @@ def _tradeoff(benchmark: str, model: str, rows, columns: Sequence[Column], axes:
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig
+
+
+def _swept_points(row, axes: Axes) -> list[tuple[float, float]]:
+    """(forget, utility) of every swept point of a row, in grid order; a point run with per-epoch
+    evaluation contributes each epoch (its scores in ``record["epochs"]``)."""
+    out = []
+    for _point, records in row.sweep.points:
+        per_epoch = [(r, e) for r in records for e in (r.get("epochs") or [])]
+        if per_epoch:
+            by_epoch: dict[Any, list] = {}
+            for _r, e in per_epoch:
+                by_epoch.setdefault(e.get("epoch"), []).append({"aggregates": e.get("aggregates") or {}})
+            candidates = [by_epoch[k] for k in sorted(by_epoch, key=lambda k: (k is None, k))]
+        else:
+            candidates = [records]
+        for group in candidates:
+            x, y = _mean(group, axes.forget), _mean(group, axes.utility)
+            if x is not None and y is not None and not (axes.forget_log and x <= 0):
+                out.append((x, y))
+    return out
 
 
 #: two points closer than this (fractions of the axes' data range, x then y) share one label

@@ -175,6 +175,12 @@ CASES = [
     Case("`harness leaderboard --results-dir` that does not exist",
          lambda t: ["leaderboard", "--results-dir", str(t / "nothing")]),
     *ISSUE_25,
+    Case("`--sweep benchmark.num_forget=2,4`", lambda t: [*RUN, "--sweep", "benchmark.num_forget=2,4"]),
+    Case("`--sweep train.lr=1e-5,fast`", lambda t: [*RUN, "--sweep", "train.lr=1e-5,fast"]),
+    Case("`--sweep train.lr=1e-5` with `--set train.lr=1e-4`",
+         lambda t: [*RUN, "--sweep", "train.lr=1e-5", "--set", "train.lr=1e-4"]),
+    Case("`--set eval.select=utility_preserving --set eval.select_fraction=1.5`",
+         lambda t: [*RUN, "--set", "eval.select=utility_preserving", "--set", "eval.select_fraction=1.5"]),
 ]
 
 

@@ -73,11 +73,12 @@ def test_missing_reference_is_named_not_silent():
 def test_training_examples_mask_prompts_and_carry_alternatives():
     bench = Synthetic()
     forget = bench.forget_train()
-    assert len(forget) == 4 * 4 + 4
+    assert len(forget) == 8 * 4 + 8   # 8 forget people: 4 QA items each, then one biography each
     qa = forget[0]
     assert qa.prompt.startswith("Question: ") and qa.answer.startswith(" ")
     assert len(qa.perturbed) == 3 and qa.paraphrased.startswith(" ")
-    assert {e.prompt for e in forget[-4:]} == {""}  # biographies are trained as whole texts
+    assert {e.prompt for e in forget[-8:]} == {""}  # biographies are trained as whole texts
+    assert all(e.prompt for e in forget[:-8])
     assert not {e.id for e in forget} & {e.id for e in bench.retain_train()}
 
 

@@ -26,6 +26,8 @@ class EvalConfig:
                                     # 60% of free memory on GPU (changes speed and memory, not scores)
     per_epoch: bool = False     # also evaluate after every unlearning epoch (training curves)
     select: str = "last"        # checkpoint-selection rule applied to every method alike (see selection.py)
+    select_fraction: float = 0.9    # utility_preserving: share of the target's utility a candidate must keep (MUSE-style)
+    select_forget: str = ""         # utility_preserving / first_below_retain: the forget column ranked ('' = the benchmark's)
     attacks: str = ""           # comma list of relearn-heldout, relearn-same-entity, relearn-openunlearning, int8, int4 (docs/attacks.md)
     # lm-evaluation-harness tasks scored on every evaluated model as extra columns lm_eval/<task>/<metric>
     # (harness/engines/lm_eval_route.py): a comma list of registered task names (mmlu; hub data) and

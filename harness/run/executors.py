@@ -7,7 +7,8 @@ With ``ray`` or ``slurm`` this process becomes a driver:
    ``<results>/.plans/<run>.json`` so ``harness status`` can say which cells are queued;
 2. it runs the retain row as the first task: that task also prepares (or finds cached) the target
    and retain models, so they are built once, before the cells fan out;
-3. it submits every other cell (target row, each method) as its own task: one GPU each where the
+3. it submits every other cell (target row, each method, each swept point of a method) as its own task
+   (the target row first when the selection rule compares with it): one GPU each where the
    cluster has GPUs, one CPU otherwise. Each task builds the same ``Runner`` from the same request
    and runs ``Runner.run_cell``: the cell claims its record (harness/run/claims.py), writes it
    atomically into the shared results folder and releases the claim;
@@ -106,9 +107,11 @@ def run_distributed(runner, opts: ExecutorOptions, plugins: list[str], log=print
     submit = _ray_submitter(opts, log) if opts.name == "ray" else _slurm_submitter(opts, runner.results_dir, log)
     args = (_request_dict(runner.req), plugins, _forwarded_env())
     first = [n for n in names if n == "retain"]       # prepares the models and gives the references
-    rest = [n for n in names if n != "retain"]
+    # a rule that compares with the target's scores (utility_preserving) needs its row before the methods
+    second = [n for n in names if n == "target"] if runner.rule.needs_target else []
+    rest = [n for n in names if n not in first and n not in second]
     results: list[dict] = []
-    for stage in (first, rest):
+    for stage in (first, second, rest):
         if stage:
             results += submit.run(stage, args, lambda: _progress_line(runner.results_dir, paths, log), opts.poll_s)
     summary = RunSummary()
@@ -121,6 +124,7 @@ def run_distributed(runner, opts: ExecutorOptions, plugins: list[str], log=print
     for r in results:
         summary.failed += r.get("failed", [])
         summary.elsewhere += r.get("elsewhere", [])
+    runner.record_sweep_choices()   # the rule across each method's swept points, from the records just written
     summary.leaderboard = render_results(runner.results_dir)
     _progress_line(runner.results_dir, paths, log)
     return summary

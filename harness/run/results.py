@@ -143,6 +143,14 @@ def read_record(path: Path) -> dict[str, Any] | None:
     return record
 
 
+def read_record_quietly(path: Path) -> dict[str, Any] | None:
+    """The record at ``path``, or None when it is absent or unreadable (its reader reports it elsewhere)."""
+    try:
+        return read_record(path)
+    except HarnessError:
+        return None
+
+
 def finished_record(path: Path, warn=print) -> dict[str, Any] | None:
     """A finished record to reuse, or None when the cell must (re-)run."""
     try:

@@ -29,6 +29,7 @@ from harness.runtime import codeversion
 from harness.runtime.progress import RunProgress, set_run_status
 from harness.training import distributed
 from harness.run import selection
+from harness.run import sweep as sweeps
 from harness.runtime import threads
 from harness.data import truncation
 from harness.run import validation
@@ -49,6 +50,7 @@ from harness.run.prepare import prepare
 from harness.registry import BENCHMARKS, METHODS
 from harness.run.results import (
     FINISHED,
+    read_record_quietly,
     config_id,
     leaderboard_records,
     ensure_inside,
@@ -92,6 +94,7 @@ class RunRequest:
     trains: bool = True   # False for eval/prepare: methods are named only so that their --set keys are valid
     threads: int | None = None     # torch's CPU threads, part of a CPU cell's identity; None: as torch is set now
                                    # (the CLI resolves --threads first; executors pass it on to their tasks)
+    sweep: dict[str, list[str]] = field(default_factory=dict)   # --sweep KEY=V1,V2: a grid of method cells (sweep.py)
 
 
 @dataclass
@@ -157,6 +160,9 @@ class Runner:
             **{m: cls.Config for m, cls in self.method_cls.items()},
         }
         self.overrides = cfgmod.normalise_overrides(req.overrides, sections)
+        full = cfgmod.normalise_overrides({k: v[0] for k, v in req.sweep.items()}, sections)   # bare keys -> train.*
+        self.sweep = dict(zip(full, req.sweep.values()))
+        sweeps.check_keys(self.sweep, self.overrides)
         validation.check_data_dir_used(self.bench_cls, req.data_dir)
         self.bench = self.bench_cls(cfgmod.build(self.bench_cls.Config, "benchmark", [self.overrides]), req.data_dir, req.limit)
         self.eval_cfg = cfgmod.build(EvalConfig, "eval", [self.overrides])
@@ -165,15 +171,28 @@ class Runner:
                                f"got {self.eval_cfg.memory_budget_gb:g}.")
         self.engines = EvalEngines(resolve_engine(req.engine), self.eval_cfg, self.device, log=log)
         self.utility_key = getattr(self.bench_cls, "utility_key", None)  # a benchmark may name its utility column
+        self.forget_key = self.eval_cfg.select_forget or getattr(self.bench_cls, "selection_forget_key", None)
         self.rule = selection.validate(self.eval_cfg.select, self.eval_cfg.per_epoch, self.bench_cls.columns,
-                                       utility_key=self.utility_key)
+                                       utility_key=self.utility_key, forget_key=self.forget_key,
+                                       fraction=self.eval_cfg.select_fraction)
         self.retain_aggregates: dict[str, Any] | None = None   # the retain row's scores, for the selection rule
+        self.target_aggregates: dict[str, Any] | None = None   # the target row's scores (utility_preserving)
         ft_defaults = {f"finetune.{k}": v for k, v in self.bench_cls.finetune_defaults.items()}
         self.finetune_cfg = cfgmod.build(TrainConfig, "finetune", [ft_defaults, self.overrides])
         self.results_dir = Path(req.results_dir) if req.results_dir is not None else None
+        # method cells: one per method, or one per distinct swept point of each method (sweep.py)
+        self.method_cells: dict[str, tuple[str, dict[str, str]]] = {
+            sweeps.cell_name(m, p): (m, p) for m in self.methods for p in sweeps.points_for(m, self.sweep)}
         self._check_needs()
-        for name in self.methods:   # train.lora.* checked before any model loads
-            self.lora_settings(name)
+        for name, point in self.method_cells.values():   # every point's settings (train.lora.* too) checked before any model loads
+            try:
+                self.method_configs(name, point)
+                self.lora_settings(name, point)
+            except HarnessError as exc:   # name the flag that gave the value
+                text = str(exc)
+                for key, value in point.items():
+                    text = text.replace(f"--set {key}={value}:", f"--sweep {key}: the value {value}:")
+                raise HarnessError(text) from None
         # lm-eval tasks: the benchmark's own (WMDP) and eval.lm_eval_tasks, resolved and checked reachable up front
         self.lm_eval_tasks = [*self.bench.lm_eval_tasks(), *lm_eval_route.parse_tasks(self.eval_cfg.lm_eval_tasks)]
         lm_eval_route.check_distinct(self.lm_eval_tasks)
@@ -233,23 +252,28 @@ class Runner:
                 )
 
     # --- settings ----------------------------------------------------------------------------
-    def method_configs(self, name: str) -> tuple[TrainConfig, Any]:
-        return self._method_settings(name)[:2]
+    def method_configs(self, name: str, point: dict[str, str] | None = None) -> tuple[TrainConfig, Any]:
+        return self._method_settings(name, point)[:2]
 
-    def train_sources(self, name: str) -> dict[str, str]:
+    def train_sources(self, name: str, point: dict[str, str] | None = None) -> dict[str, str]:
         """Where each ``train.*`` value of method ``name`` came from (methods/base.py: loop settings)."""
-        return self._method_settings(name)[2]
+        return self._method_settings(name, point)[2]
 
-    def _method_settings(self, name: str) -> tuple[TrainConfig, Any, dict[str, str]]:
+    def _method_settings(self, name: str, point: dict[str, str] | None = None) -> tuple[TrainConfig, Any, dict[str, str]]:
         """Lowest first: dataclass defaults, the benchmark's defaults for all methods, the method's own
-        ``loop_settings``, the benchmark's defaults for this method, ``--set``."""
+        ``loop_settings``, the benchmark's defaults for this method, ``--set``, the ``--sweep`` point."""
         defaults, cls = self.bench_cls.method_defaults, self.method_cls[name]
         declared = {f"train.{k}": v for k, v in cls.loop_settings.items()}
-        layers = [defaults.get("*", {}), declared, defaults.get(name, {}), self.overrides]
-        names = ["benchmark", f"method {name}", f"benchmark for {name}", "--set"]
+        layers = [defaults.get("*", {}), declared, defaults.get(name, {}), self.overrides, point or {}]
+        names = ["benchmark", f"method {name}", f"benchmark for {name}", "--set", "--sweep"]
         sources: dict[str, str] = {}
         train_cfg = cfgmod.build(TrainConfig, "train", layers, names, sources)
         return train_cfg, cfgmod.build(cls.Config, name, layers), sources
+
+    def selection_context(self) -> selection.Context:
+        """What the rule compares candidates with: the reference rows' scores and its declared settings."""
+        return selection.Context(self.bench_cls.columns, self.retain_aggregates, self.target_aggregates,
+                                 self.utility_key, self.forget_key, self.eval_cfg.select_fraction)
 
     def _base_config(self, reference: bool = False) -> dict[str, Any]:
         """Settings that identify a cell; a reference row does not depend on how methods are selected."""
@@ -263,6 +287,9 @@ class Runner:
             evaluation.pop("attacks", None)
         if not evaluation.get("lm_eval_tasks"):  # likewise runs without lm-eval tasks
             evaluation.pop("lm_eval_tasks", None)
+        for key in ("select_fraction", "select_forget"):   # part of a cell only under a rule that reads them
+            if key not in self.rule.parameters or reference:
+                evaluation.pop(key, None)
         attacks = {"attack": self.attacks.settings()} if self.attacks else {}
         # lm-eval task definitions and their local data; runs without tasks keep their config ids
         lm_eval = {"lm_eval": [t.describe() for t in self.lm_eval_tasks]} if self.lm_eval_tasks else {}
@@ -322,18 +349,56 @@ class Runner:
         rec = self.reference_cell("target", target_spec, reference, summary)
         if self.attacks:
             self.attacks.remember("target", rec)
-        for name in self.methods:
-            self.method_cell(name, target_spec, reference, summary)
+        self.target_aggregates = rec.get("aggregates") if rec else None
+        for name, point in self.method_cells.values():
+            self.method_cell(name, target_spec, reference, summary, point)
         if self.ranks.is_main:
+            self.record_sweep_choices()
             summary.leaderboard = render_results(self.results_dir)
         return summary
+
+    def record_sweep_choices(self) -> list[Path]:
+        """Apply the rule across each method's swept points and write the choice beside its records."""
+        if not self.sweep or self.results_dir is None:
+            return []
+        retain = self._finished("retain") if "retain" in self.cell_names() else None
+        target = self._finished("target")
+        context = dataclasses.replace(self.selection_context(), retain=(retain or {}).get("aggregates"),
+                                      target=(target or {}).get("aggregates"))
+        written = []
+        for method in self.methods:
+            groups = []
+            for cell, (name, point) in self.method_cells.items():
+                if name == method:
+                    record = read_record_quietly(self.cell_path(cell))
+                    groups.append((point, [record] if record else []))
+            try:
+                choice = sweeps.choose_point(groups, self.eval_cfg.select, context)
+            except HarnessError as exc:
+                self.log(f"sweep {method}: no point selected: {exc}")
+                continue
+            path = self.results_dir / self.bench.name / slug(self.model_label) / method / \
+                f"sweep-{self.sweep_id(method)}.selection.json"
+            sweeps.write_choice(path, choice, self.sweep_id(method), method)
+            self.log(f"sweep {method}: eval.select={choice.rule} chose {sweeps.point_label(choice.point)}"
+                     + (f", epoch {choice.epoch}" if choice.epoch is not None else "") + f" ({choice.reason}) -> {path}")
+            written.append(path)
+        return written
+
+    def _finished(self, name: str) -> dict | None:
+        return finished_record(ensure_inside(self.results_dir, self.cell_path(name)), self.log)
+
+    def sweep_id(self, method: str) -> str:
+        """One id for every point of ``method``'s sweep: the method's settings without the point, and the grid."""
+        grid = {k: v for k, v in self.sweep.items() if sweeps.applies(k, method)}
+        return config_id({"base": self._method_resolved(method), "grid": grid})
 
     def cell_names(self) -> list[str]:
         """The run's cells in order (the retain row if there is one, the target row, each method); checks the plan."""
         has_retain = bool(self.req.retain or (not self.req.target and self.bench_cls.needs_prepared_target))
         selection.validate(self.eval_cfg.select, self.eval_cfg.per_epoch, self.bench_cls.columns, has_retain,
-                           self.utility_key)
-        return (["retain"] if has_retain else []) + ["target", *self.methods]
+                           self.utility_key, self.forget_key, self.eval_cfg.select_fraction)
+        return (["retain"] if has_retain else []) + ["target", *self.method_cells]
 
     def _model_source(self, loaded) -> str:
         """The record's ``model_source``; a model grown from ``random:`` weights (a prepared target,
@@ -345,8 +410,17 @@ class Runner:
 
     def cell_path(self, name: str) -> Path:
         """Where cell ``name``'s record (and its claim) lives, without running anything."""
-        resolved = {**self._base_config(reference=True), "role": name} if name in ("retain", "target") else self._method_resolved(name)
-        return record_path(self.results_dir, self.bench.name, self.model_label, name, config_id(resolved), self.req.seed)
+        if name in ("retain", "target"):
+            resolved, method = {**self._base_config(reference=True), "role": name}, name
+        else:
+            method, point = self._method_cell(name)
+            resolved = self._method_resolved(method, point)
+        return record_path(self.results_dir, self.bench.name, self.model_label, method, config_id(resolved), self.req.seed)
+
+    def _method_cell(self, name: str) -> tuple[str, dict[str, str]]:
+        if name not in self.method_cells:
+            raise HarnessError(f"no cell '{name}' in this run; its cells: {', '.join(self.cell_names())}.")
+        return self.method_cells[name]
 
     def run_cell(self, name: str) -> RunSummary:
         """One cell alone, as an executor's task runs it (harness/run/executors.py).
@@ -372,12 +446,15 @@ class Runner:
             self.retain_aggregates = rec.get("aggregates") if rec else None
             if self.attacks:
                 self.attacks.remember("retain", rec)
+        if self.rule.needs_target and name not in ("retain", "target"):   # the executor finished it before the methods
+            self.target_aggregates = (self._finished("target") or {}).get("aggregates")
         if self.attacks and name not in ("retain", "target"):  # the target's scores, if its task has finished
             self.attacks.remember("target", finished_record(ensure_inside(self.results_dir, self.cell_path("target")), self.log))
         if name in ("retain", "target"):
             self.reference_cell(name, retain_spec if name == "retain" else target_spec, reference, summary)
         else:
-            self.method_cell(name, target_spec, reference, summary)
+            method, point = self._method_cell(name)
+            self.method_cell(method, target_spec, reference, summary, point)
         return summary
 
     def reference_models(self) -> tuple[str, str | None]:
@@ -398,38 +475,55 @@ class Runner:
         return self._cell(role, label, "reference", resolved, summary,
                           lambda: self._evaluate_only(spec, reference, self_reference=role == "retain", role=role))
 
-    def method_cell(self, name: str, target_spec: "str | Callable[[], str]", reference, summary: RunSummary) -> dict | None:
-        train_cfg, method_cfg = self.method_configs(name)
+    def method_cell(self, name: str, target_spec: "str | Callable[[], str]", reference, summary: RunSummary,
+                    point: dict[str, str] | None = None) -> dict | None:
+        point = point or {}
+        train_cfg, method_cfg = self.method_configs(name, point)
         cls = self.method_cls[name]
-        resolved = self._method_resolved(name)
+        resolved = self._method_resolved(name, point)
         label = cls.label or name
         settings = f"lr={train_cfg.lr:g}, epochs={train_cfg.epochs}, global_batch={train_cfg.global_batch}" + "".join(
             f", {k}={v}" for k, v in dataclasses.asdict(method_cfg).items()
         )
         if train_cfg.max_steps:
             settings += f", max_steps={train_cfg.max_steps}"
-        settings += loop_text(train_cfg, self.train_sources(name))
-        if self.lora_settings(name).enabled:
-            settings += f", lora r={self.lora_settings(name).r}"
+        settings += loop_text(train_cfg, self.train_sources(name, point))
+        lora_cfg = self.lora_settings(name, point)
+        if lora_cfg.enabled:
+            settings += f", lora r={lora_cfg.r}"
         if self.eval_cfg.per_epoch:
             settings += ", eval.per_epoch=true"
         if self.eval_cfg.select != "last":
             settings += f", eval.select={self.eval_cfg.select}"
+            if "select_fraction" in self.rule.parameters:
+                settings += f", eval.select_fraction={self.eval_cfg.select_fraction:g}"
+        extra: dict[str, Any] = {}
+        if self.sweep:
+            grid = {k: v for k, v in self.sweep.items() if sweeps.applies(k, name)}
+            rule = {"name": self.rule.name, "utility": self.utility_key,
+                    **({"fraction": self.eval_cfg.select_fraction} if "select_fraction" in self.rule.parameters else {}),
+                    **({"forget": self.forget_key} if "select_forget" in self.rule.parameters else {})}
+            extra = {"sweep": {"id": self.sweep_id(name), "grid": grid, "point": point, "rule": rule,
+                               "size": len(sweeps.points_for(name, self.sweep))},
+                     "overrides": {**self.req.overrides, **point}}
         return self._cell(name, label, "method", resolved, summary,
-                          lambda: self._unlearn(cls(method_cfg), train_cfg, target_spec, reference, resolved),
-                          settings, code=codeversion.method_code(cls), extra={"train_sources": self.train_sources(name)})
+                          lambda: self._unlearn(cls(method_cfg), train_cfg, target_spec, reference, resolved, point),
+                          settings, code=codeversion.method_code(cls),
+                          extra={"train_sources": self.train_sources(name, point), **extra})
 
-    def _method_resolved(self, name: str) -> dict[str, Any]:
-        train_cfg, method_cfg = self.method_configs(name)
+    def _method_resolved(self, name: str, point: dict[str, str] | None = None) -> dict[str, Any]:
+        train_cfg, method_cfg = self.method_configs(name, point)
+        lora_cfg = self.lora_settings(name, point)
         return {
             **self._base_config(), "method": name, "method_config": dataclasses.asdict(method_cfg),
             "train": dataclasses.asdict(train_cfg),
-            **({"lora": lora.describe(self.lora_settings(name))} if self.lora_settings(name).enabled else {}),
+            **({"lora": lora.describe(lora_cfg)} if lora_cfg.enabled else {}),
         }
 
-    def lora_settings(self, name: str) -> LoraSettings:
+    def lora_settings(self, name: str, point: dict[str, str] | None = None) -> LoraSettings:
         defaults = self.bench_cls.method_defaults
-        return cfgmod.build(LoraSettings, "train.lora", [defaults.get("*", {}), defaults.get(name, {}), self.overrides])
+        return cfgmod.build(LoraSettings, "train.lora",
+                            [defaults.get("*", {}), defaults.get(name, {}), self.overrides, point or {}])
 
     def _cell(self, method: str, label: str, kind: str, resolved: dict, summary: RunSummary, work, settings: str = "",
               code: dict | None = None, extra: dict | None = None) -> dict | None:
@@ -522,12 +616,14 @@ class Runner:
         out.update({"status": "ok", "model_source": self._model_source(loaded), "training": None})
         return out
 
-    def _unlearn(self, method, train_cfg: TrainConfig, target_spec, reference, resolved) -> dict:
-        if self.rule.needs_retain and self.retain_aggregates is None:
-            raise HarnessError(
-                f"eval.select={self.rule.name} needs the retain model's scores, but the retain row has none "
-                "(its cell failed: see its record); fix and rerun it, or use eval.select=last."
-            )
+    def _unlearn(self, method, train_cfg: TrainConfig, target_spec, reference, resolved, point=None) -> dict:
+        for role, needed, have in (("retain", self.rule.needs_retain, self.retain_aggregates),
+                                   ("target", self.rule.needs_target, self.target_aggregates)):
+            if needed and have is None:
+                raise HarnessError(
+                    f"eval.select={self.rule.name} needs the {role} model's scores, but the {role} row has none "
+                    "(its cell failed: see its record); fix and rerun it, or use eval.select=last."
+                )
         loaded = load_model(target_spec() if callable(target_spec) else target_spec, self.device, self.req.trust_remote_code)
         self.bench.use_tokenizer(loaded.tokenizer)
         forget = self.bench.forget_train()
@@ -540,7 +636,7 @@ class Runner:
         try:
             result = train(loaded.model, loaded.tokenizer, method, forget, self.bench.retain_train(),
                            train_cfg, self.req.seed, progress=self.progress, log=self.log, on_epoch_end=per_epoch,
-                           lora=self.lora_settings(method.name))
+                           lora=self.lora_settings(method.name, point))
         except HarnessError as exc:  # this method's settings do not fit this data: fail its cell only
             raise MethodSettingsError(str(exc)) from None
         if not self.ranks.is_main:  # the other ranks only train; the main process evaluates and saves
@@ -588,7 +684,7 @@ class Runner:
 
     def _select(self, epochs: list[dict]) -> selection.Selection:
         return selection.select(self.eval_cfg.select, epochs, self.bench_cls.columns, self.retain_aggregates,
-                                self.utility_key)
+                                self.utility_key, context=self.selection_context())
 
     def _engine(self, loaded, folder: Path | None = None):
         """The run's engine for this model, behind the evaluation cache unless the run turned it off."""
@@ -715,7 +811,7 @@ class PerEpoch:
         self.outputs[epoch] = out
         if self.runner.rule.needs_per_epoch and epoch < self.final_epoch:
             preferred = self.runner._select(self.epochs)
-            if preferred.epoch == epoch and not preferred.fallback:
+            if preferred.epoch == epoch and not (preferred.fallback and self.runner.rule.fallback_is_last):
                 self.kept = (epoch, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
         keep = {epoch, self.kept[0] if self.kept else epoch}
         self.outputs = {e: o for e, o in self.outputs.items() if e in keep}

@@ -75,8 +75,8 @@ def check_settings(runner) -> None:
     check_ranges("finetune", runner.finetune_cfg, TRAIN_RANGES)
     check_ranges("eval", runner.eval_cfg, EVAL_RANGES)
     check_ranges("benchmark", runner.bench.config, {})
-    for name in runner.methods:
-        train_cfg, method_cfg = runner.method_configs(name)
+    for name, point in runner.method_cells.values():   # every swept point of every method
+        train_cfg, method_cfg = runner.method_configs(name, point)
         check_ranges("train", train_cfg, TRAIN_RANGES)
         check_ranges(name, method_cfg, {})
 
@@ -105,8 +105,8 @@ def check_methods_fit_data(runner) -> None:
     if not runner.req.trains:   # eval and prepare train no method
         return
     forget, retain = runner.bench.forget_train(), runner.bench.retain_train()
-    for name in runner.methods:
-        problem = runner.method_cls[name](runner.method_configs(name)[1]).data_problem(forget, retain)
+    for name, point in runner.method_cells.values():
+        problem = runner.method_cls[name](runner.method_configs(name, point)[1]).data_problem(forget, retain)
         if problem:
             cut = f" (--limit {runner.req.limit} keeps the first {runner.req.limit} items of every split)" if runner.req.limit else ""
             raise HarnessError(f"method '{name}': {problem}{cut}")
