@@ -313,7 +313,7 @@ class Runner:
         self.engines.close()
 
     def _run(self) -> RunSummary:
-        self.run_progress = RunProgress([(n, "method" if n in self.methods else "reference") for n in self.cell_names()])
+        self.run_progress = RunProgress([(n, "reference" if n in ("retain", "target") else "method") for n in self.cell_names()])
         set_run_status(self.run_progress.status)   # progress lines end with the run's position and time left
         try:
             return self._run_cells()
@@ -416,6 +416,10 @@ class Runner:
             method, point = self._method_cell(name)
             resolved = self._method_resolved(method, point)
         return record_path(self.results_dir, self.bench.name, self.model_label, method, config_id(resolved), self.req.seed)
+
+    def _cell_name(self, method: str, point: dict[str, str]) -> str:
+        """The name of the run's cell for ``method`` at sweep ``point`` (the reference rows: their role)."""
+        return next((cell for cell, (name, at) in self.method_cells.items() if name == method and at == point), method)
 
     def _method_cell(self, name: str) -> tuple[str, dict[str, str]]:
         if name not in self.method_cells:
@@ -528,11 +532,12 @@ class Runner:
     def _cell(self, method: str, label: str, kind: str, resolved: dict, summary: RunSummary, work, settings: str = "",
               code: dict | None = None, extra: dict | None = None) -> dict | None:
         """``extra``: record fields that describe the cell without being part of its identity."""
+        cell_name = self._cell_name(method, ((extra or {}).get("sweep") or {}).get("point") or {})
         if self.run_progress is not None:
-            self.run_progress.start(method)
+            self.run_progress.start(cell_name)
         record, computed = self._cell_work(method, label, kind, resolved, summary, work, settings, code, extra)
         if self.run_progress is not None:   # (an exception stops the run: nothing more to estimate)
-            self.run_progress.finish(method, computed)
+            self.run_progress.finish(cell_name, computed)
             if computed:
                 self.log(f"  {self.run_progress.status()}")
         return record

@@ -214,7 +214,7 @@ class RunProgress:
         left = self.left_s()
         if left is None:
             estimate = "time left known after the first computed cell"
-        elif left[1] and left[0] < 1:   # the last cell, past its estimate: no bound worth saying
+        elif left[1] and left[0] < 1 and "this cell is past its estimate" in left[1]:   # no bound worth saying
             estimate = f"time left unknown ({'; '.join(left[1])})"
         elif left[1]:
             estimate = f"at least {duration(left[0])} left ({'; '.join(left[1])})"
