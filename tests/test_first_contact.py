@@ -69,7 +69,8 @@ def test_edited_method_reruns_and_the_record_stores_its_code_hash(edited_runs):
     (code1, _, _, first), (code2, out2, _, second), _ = edited_runs
     assert code1 == 0 and code2 == 0
     assert set(first["edited"]["code"]) == {"plugin edited.py", "harness.methods.base", "harness.training.loop", "harness.training.finetune",
-                                            "harness.data.batching", "harness.training.losses", "harness.training.lora"}
+                                            "harness.data.batching", "harness.training.losses", "harness.training.lora",
+                                            "harness.training.divergence"}
     assert first["edited"]["code"]["plugin edited.py"] != second["edited"]["code"]["plugin edited.py"]
     assert "re-run synthetic/tiny-random/edited seed 0: its code changed since the record was written " \
            "(plugin edited.py)" in out2

@@ -46,12 +46,13 @@ def test_negative_threads_or_memory_budget_is_a_clear_error(capsys, tmp_path):
     assert "eval.memory_budget_gb must be 0" in capsys.readouterr().err
 
 
-def test_a_cell_made_with_another_thread_count_is_computed_anew(tmp_path, capsys):
+def test_a_cell_made_with_another_thread_count_is_computed_anew(tmp_path, capsys, monkeypatch):
     """1 and 2 threads round log-probs differently (README, reproduction check), so the count is part
     of a CPU cell: the same run at --threads 2 re-prepares, re-trains and re-scores instead of reusing
     the --threads 1 records, models or cached scores; at --threads 1 again everything is reused."""
     from harness.run.results import config_id
 
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))   # its own: no prepared model of another test
     results = tmp_path / "results"
     quick = ["run", "--methods", "ga", "--benchmark", "synthetic", "--model", "tiny-random", "--limit", "2",
              "--set", "finetune.epochs=1", "--set", "train.epochs=1", "--no-save-models", "--results-dir", str(results)]
