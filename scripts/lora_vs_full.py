@@ -47,6 +47,7 @@ def resident_mib() -> float:
 def child(args) -> dict:
     """One training in this process; prints its figures as one JSON line."""
     import torch
+    from torch.optim.optimizer import register_optimizer_step_post_hook
 
     from harness.bench.report import peak_memory_mb, reset_peak_memory
     from harness.registry import METHODS
@@ -62,11 +63,15 @@ def child(args) -> dict:
     train_cfg, method_cfg = runner.method_configs(args.child)
     loaded_mib = resident_mib()   # what the loaded model and data hold before training starts
     reset_peak_memory(runner.device)
+    trained: list[int] = []   # parameters the optimiser updates, read at its first step: adapters only under LoRA
+    hook = register_optimizer_step_post_hook(lambda optimiser, a, k: trained or trained.append(
+        sum(p.numel() for group in optimiser.param_groups for p in group["params"])))
     result = train(loaded.model, loaded.tokenizer, METHODS.get(args.child)(method_cfg), runner.bench.forget_train(),
                    runner.bench.retain_train(), train_cfg, args.seed, lora=runner.lora_settings(args.child))
+    hook.remove()
     return {"method": args.child, "mode": args.mode, "seconds": round(result.seconds, 2), "status": result.status,
             "steps": result.steps, "loaded_mib": round(loaded_mib), "peak_mib": round(peak_memory_mb(runner.device)),
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "trained_parameters": trained[0] if trained else 0}
 
 
 def measure(args, method: str, mode: str) -> dict:
