@@ -12,8 +12,9 @@ defaults unless ``--set`` says otherwise (LoRA usually wants a larger one: docs/
         [--lora-r 8] [--lora-alpha 16] [--set KEY=VALUE ...]
 
 Each line: method, training seconds full / LoRA and their ratio, peak resident set during the
-training, full / LoRA (MiB; the weights are memory-mapped, so the figure is what training touched
-and allocated), and the training status of each.
+training, full / LoRA (MiB, the Linux high-water mark reset just before training), and the training
+status of each. The JSON line of each child also carries the number of parameters the optimiser
+updated (adapters only under LoRA).
 """
 from __future__ import annotations
 
@@ -38,12 +39,6 @@ def _request(args, method: str, lora: bool):
                       threads=args.threads, seed=args.seed)
 
 
-def resident_mib() -> float:
-    """This process's resident set now (Linux), in MiB."""
-    status = Path("/proc/self/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) / 1024
-
-
 def child(args) -> dict:
     """One training in this process; prints its figures as one JSON line."""
     import torch
@@ -55,13 +50,11 @@ def child(args) -> dict:
     from harness.runtime.models import load_model
     from harness.training.loop import train
 
-    torch.set_num_threads(args.threads)
     runner = Runner(_request(args, args.child, args.mode == "lora"), None, lambda *a, **k: None)
     target, _ = runner.reference_models()
     loaded = load_model(target, runner.device, False)
     runner.bench.use_tokenizer(loaded.tokenizer)
     train_cfg, method_cfg = runner.method_configs(args.child)
-    loaded_mib = resident_mib()   # what the loaded model and data hold before training starts
     reset_peak_memory(runner.device)
     trained: list[int] = []   # parameters the optimiser updates, read at its first step: adapters only under LoRA
     hook = register_optimizer_step_post_hook(lambda optimiser, a, k: trained or trained.append(
@@ -70,7 +63,7 @@ def child(args) -> dict:
                    runner.bench.retain_train(), train_cfg, args.seed, lora=runner.lora_settings(args.child))
     hook.remove()
     return {"method": args.child, "mode": args.mode, "seconds": round(result.seconds, 2), "status": result.status,
-            "steps": result.steps, "loaded_mib": round(loaded_mib), "peak_mib": round(peak_memory_mb(runner.device)),
+            "steps": result.steps, "peak_mib": round(peak_memory_mb(runner.device)),
             "threads": torch.get_num_threads(), "trained_parameters": trained[0] if trained else 0}
 
 
@@ -103,15 +96,13 @@ def main(argv=None) -> int:
         return 0
     from harness.run.runner import resolve_methods
 
-    args.passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
+    args.passthrough = list(argv if argv is not None else sys.argv[1:])
     print(f"{args.benchmark}, {args.model}, --limit {args.limit}, {args.threads} thread(s), LoRA r={args.lora_r} "
           f"alpha={args.lora_alpha:g}; each training alone in its own process, full then LoRA")
     print(f"{'method':12} {'train s full':>12} {'LoRA':>8} {'ratio':>6} {'peak MiB full':>14} {'LoRA':>7} "
           "status")
-    rows = []
     for method in resolve_methods(args.methods):
         full, lora = measure(args, method, "full"), measure(args, method, "lora")
-        rows.append((full, lora))
         if "seconds" not in full or "seconds" not in lora:
             print(f"{method:12} {full['status']} | {lora['status']}", flush=True)
             continue
