@@ -486,10 +486,11 @@ class Attacks:
             points.append({"multiple": multiple, "lr": cfg.lr, "settings": self._run_settings(plan, cfg, run, examples),
                            **self._scored(run)})
         shown = lr_grid.nearest_budget(self.multiples)
+        column = self._scored_column(points)
         if role == "method":
             for point in points:
                 point["guard"] = self._point_guard(plan.name, point["multiple"])
-            kept, why = lr_grid.choose(points, self.grid_column)
+            kept, why = lr_grid.choose(points, column)
             shown = kept if kept is not None else shown
         else:
             kept, why = None, ("a reference row: it shows the point nearest the budget; each method row is read against "
@@ -499,12 +500,21 @@ class Attacks:
             "settings": chosen["settings"], "seed": self.seed, "split": plan.split, "items": ITEMS[plan.name],
             "unattacked": before["aggregates"],
             **{k: v for k, v in chosen.items() if k not in ("multiple", "lr", "settings", "guard")},
-            "lr_grid": {"column": self.grid_column, "rule": lr_grid.RULE, "kept": kept, "shown": shown, "why": why,
+            "lr_grid": {"column": column, "rule": lr_grid.RULE, "kept": kept, "shown": shown, "why": why,
                         "points": points},
         }
         block["timings"] = {"train_s": round(sum(p["timings"]["train_s"] for p in points), 3),
                             "eval_s": round(sum(p["timings"]["eval_s"] for p in points), 3)}
         return block
+
+    def _scored_column(self, points: list[dict]) -> str:
+        """The declared column; by default the first knowledge column this protocol scores (same-entity
+        leaves the synthetic biographies, hence VerbMem, out)."""
+        if self.cfg.relearn_lr_column:
+            return self.cfg.relearn_lr_column
+        keys = [c.key for c in knowledge_columns(self.columns)]
+        return next((k for k in keys if any(lr_grid.knowledge_value(p["aggregates"], k) is not None for p in points)),
+                    self.grid_column)
 
     def _point_guard(self, name: str, multiple: float) -> dict | None:
         """The guard on the retain and target rows attacked at ``multiple`` (None when either is missing)."""
