@@ -215,3 +215,38 @@ def test_bnb_quantisation_writes_back_what_bitsandbytes_dequantises(name):
         values = torch.unique(layer.weight[0, :64] / weight[0, :64].abs().max())
         assert len(values) <= 16                                          # 4 bits: at most 16 levels per block
     assert summary["bits"] == bits and summary["weights_changed"] > 0
+
+
+# --- the leaderboard reads references at each method's grid point and shows the curve -------------
+def test_the_robustness_table_reads_the_references_at_the_point_the_method_kept():
+    from test_robustness import COLUMNS, RETAIN_BEFORE, TARGET_BEFORE, U, block, cells, row
+
+    from leaderboard.robustness import attack_tables, render_robustness
+
+    def gridded(before, per_point, shown, kept=None):
+        points = []
+        for m, items in per_point.items():
+            b = block(before, items, U)
+            b["curve"] = [{"step": 1, "aggregates": {"verbmem": items[0]}}, {"step": 2, "aggregates": b["aggregates"]}]
+            points.append({"multiple": m, **{k: b[k] for k in ("aggregates", "per_sample", "curve")}})
+        top = block(before, per_point[shown], U)
+        return {**top, "curve": points[list(per_point).index(shown)]["curve"],
+                "lr_grid": {"column": "verbmem", "kept": kept, "shown": shown, "why": "constructed", "points": points}}
+
+    # at x0.5 the references keep their gap; the references' own rows show x1 (nearest the budget)
+    target = row("reference", "target", "Target", [{"seed": 0, "attacks": {"relearn-heldout": gridded(
+        TARGET_BEFORE, {0.5: [80, 82, 78, 81, 79, 80], 1.0: [20, 22, 18, 21, 19, 20]}, 1.0)}}])
+    retain = row("reference", "retain", "Retain", [{"seed": 0, "attacks": {"relearn-heldout": gridded(
+        RETAIN_BEFORE, {0.5: [10, 12, 8, 11, 9, 10], 1.0: [10, 12, 8, 11, 9, 10]}, 1.0)}}])
+    ga = row("method", "ga", "GA", [{"seed": 0, "attacks": {"relearn-heldout": gridded(
+        {"verbmem": 5.0}, {0.5: [25, 30, 26, 29, 27, 28], 1.0: [40, 40, 40, 40, 40, 40]}, 0.5, kept=0.5)}}])
+    (table,) = attack_tables([target, retain, ga], COLUMNS)
+    t = next(ln for ln in table.lines if ln.kind == "target")
+    assert t.after["verbmem"] == pytest.approx(80.0)          # the target at x0.5, not its own x1
+    assert table.guard.passed and "GA kept x0.5" in table.note and table.title == "relearn-heldout @ lr x0.5"
+    ga_line = next(ln for ln in table.lines if ln.kind == "method")
+    assert ga_line.shares["verbmem"]["value"] == pytest.approx(0.25)
+    text = render_robustness([target, retain, ga], COLUMNS)
+    assert "Relearning curve of *relearn-heldout @ lr x0.5*" in text
+    curve_rows = [r for r in cells(text) if r[0] in ("Target (reference)", "GA") and len(r) == 4]
+    assert curve_rows == [["Target (reference)", "85.0", "80.0", "80.0"], ["GA", "5.0", "25.0", "27.5"]]
