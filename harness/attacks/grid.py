@@ -22,6 +22,9 @@ rule below is ours, stated so that it can be checked:
 - if no point is admissible nothing is kept: the record says why, and the row shows the point nearest
   the budget, which the leaderboard's guard then marks as damaging.
 
+The choice is made per cell, i.e. per seed, against that seed's references; the leaderboard averages
+seeds of a row and reads the references at each seed's own point.
+
 Choosing the rate on the scored items themselves is the attacker's best case (an upper bound on
 recovery), as in the paper, which has no separate validation facts either.
 """
