@@ -278,7 +278,7 @@ def _robustness(benchmark: str, model: str, rows, columns: Sequence[Column]):
     for i, table in enumerate(tables):
         ax = fig.add_subplot(len(tables), 1, i + 1)
         methods = [ln for ln in table.lines if ln.kind == "method"]
-        ax.set_title(f"{table.attack}", fontsize=9, loc="left")
+        ax.set_title(table.title, fontsize=9, loc="left")
         if table.guard is None or not table.guard.passed or not methods:
             if table.guard is None:
                 why = table.why_no_guard

@@ -15,6 +15,11 @@ retain model and the target are attacked alike, so the method rows are read agai
   where a higher value means more knowledge.
 
 Seeds of one row are averaged.
+
+With ``attack.relearn_lr_grid`` each method row shows the grid point it kept, and the references are
+read at that same point (their records hold every point): methods that kept different points get
+separate tables. With ``attack.relearn_curve`` a compact table per attack gives the declared column
+after every relearning step.
 """
 from __future__ import annotations
 
@@ -68,6 +73,12 @@ class AttackTable:
     lines: list[AttackLine]
     guard: Guard | None
     why_no_guard: str = ""
+    note: str = ""         # with a learning-rate grid: the point the table reads and which methods kept it
+    short: str = ""        # the same, for a plot's panel title
+
+    @property
+    def title(self) -> str:
+        return f"{self.attack} {self.short}".strip()
 
 
 def _mean(blocks: Sequence[Mapping[str, Any]], part: str) -> dict[str, float]:
@@ -81,14 +92,53 @@ def _mean(blocks: Sequence[Mapping[str, Any]], part: str) -> dict[str, float]:
     return out
 
 
-def _blocks(row, name: str) -> list[dict]:
-    """The attack's block of each of the row's records (a 0.1 record's ``relearn`` is relearn-heldout)."""
+GRID_PART = ("aggregates", "per_sample", "missing", "curve", "training", "settings")
+
+
+def _blocks(row, name: str, points: Mapping[Any, float] | None = None) -> list[dict]:
+    """The attack's block of each of the row's records (a 0.1 record's ``relearn`` is relearn-heldout).
+
+    ``points`` ({record seed: grid multiple}): read each record at that point of its learning-rate grid."""
     out = []
     for rec in row.records:
         attacks = {ALIASES.get(k, k): v for k, v in (rec.get("attacks") or {}).items()}
-        if isinstance(attacks.get(name), Mapping):
-            out.append(attacks[name])
+        block = attacks.get(name)
+        if not isinstance(block, Mapping):
+            continue
+        multiple = (points or {}).get(rec.get("seed"))
+        grid = block.get("lr_grid") if isinstance(block.get("lr_grid"), Mapping) else {}
+        point = next((p for p in grid.get("points") or [] if p.get("multiple") == multiple), None)
+        out.append({**block, **{k: point[k] for k in GRID_PART if k in point}} if point else block)
     return out
+
+
+def _grid_points(row, name: str) -> dict[Any, float] | None:
+    """{seed: the grid multiple the row shows} when its records of ``name`` carry a learning-rate grid."""
+    out = {}
+    for rec in row.records:
+        block = ((rec.get("attacks") or {}).get(name) or {})
+        grid = block.get("lr_grid") if isinstance(block, Mapping) else None
+        if isinstance(grid, Mapping) and grid.get("shown") is not None:
+            out[rec.get("seed")] = grid["shown"]
+    return out or None
+
+
+def _kept_text(row, name: str) -> str:
+    kept = []
+    for rec in row.records:
+        grid = ((rec.get("attacks") or {}).get(name) or {}).get("lr_grid") or {}
+        kept.append(f"x{grid['kept']:g}" if grid.get("kept") is not None else f"none ({grid.get('why', '')})")
+    return ", ".join(dict.fromkeys(kept))
+
+
+def _method_groups(methods, name: str) -> list[tuple[dict | None, list]]:
+    """The method rows, grouped by the grid points they show (one group, None, without a grid)."""
+    groups: dict[Any, tuple[dict | None, list]] = {}
+    for row in methods:
+        points = _grid_points(row, name)
+        key = tuple(sorted(points.items(), key=lambda kv: str(kv[0]))) if points else None
+        groups.setdefault(key, (points, []))[1].append(row)
+    return list(groups.values()) or [(None, [])]
 
 
 def utility_column(columns: Sequence[Column]) -> Column | None:
@@ -105,8 +155,9 @@ def _guard_settings(rows) -> dict[str, float]:
     return dict(DEFAULT_GUARD)
 
 
-def _line(row, name: str, kind: str, label: str, columns: Sequence[Column]) -> AttackLine:
-    blocks = _blocks(row, name)
+def _line(row, name: str, kind: str, label: str, columns: Sequence[Column],
+          points: Mapping[Any, float] | None = None) -> AttackLine:
+    blocks = _blocks(row, name, points)
     line = AttackLine(label, name, kind, blocks, _mean(blocks, "unattacked"), _mean(blocks, "aggregates"))
     for c in columns:
         cell = cell_interval(blocks, c) if c.key in line.after else None
@@ -127,31 +178,42 @@ def attack_tables(rows, columns: Sequence[Column]) -> list[AttackTable]:
     for name in ATTACKS:
         if not any(_blocks(r, name) for r in rows):
             continue
-        lines = []
-        ref = {}
-        for kind, row in (("retain", retain), ("target", target)):
-            if row is not None and _blocks(row, name):
-                ref[kind] = _line(row, name, kind, row.label, columns)
-                lines.append(ref[kind])
-        for row in methods:
-            if _blocks(row, name):
+        for points, members in _method_groups([m for m in methods if _blocks(m, name)], name):
+            lines = []
+            ref = {}
+            for kind, row in (("retain", retain), ("target", target)):
+                if row is not None and _blocks(row, name):
+                    ref[kind] = _line(row, name, kind, row.label, columns, points)
+                    lines.append(ref[kind])
+            for row in members:
                 label = row.label if labels.count(row.label) == 1 else f"{row.label} [{row.config_id}]"
                 lines.append(_line(row, name, "method", label, columns))
-        if len(ref) < 2:
-            tables.append(AttackTable(name, lines, None, "the target or the retain model was not attacked (records "
-                                      "made before both were): rerun them to read this attack"))
-            continue
-        t, r = ref["target"], ref["retain"]
-        noise = {c.key: max(hi - lo for lo, hi in bounds) for c in columns
-                 if all(bounds := [x.intervals.get(c.key) for x in (t, r)])}
-        verdict = guard(t.before, t.after, r.before, r.after, columns, utility.key if utility else None,
-                        settings["gap"], settings["utility"], noise)
-        tables.append(AttackTable(name, lines, verdict))
-        if verdict.passed:
-            for line in lines:
-                if line.kind == "method":
-                    line.shares = _shares(line, t, r, columns)
+            note, short = _grid_note(points, members, name)
+            if len(ref) < 2:
+                tables.append(AttackTable(name, lines, None, "the target or the retain model was not attacked (records "
+                                          "made before both were): rerun them to read this attack", note, short))
+                continue
+            t, r = ref["target"], ref["retain"]
+            noise = {c.key: max(hi - lo for lo, hi in bounds) for c in columns
+                     if all(bounds := [x.intervals.get(c.key) for x in (t, r)])}
+            verdict = guard(t.before, t.after, r.before, r.after, columns, utility.key if utility else None,
+                            settings["gap"], settings["utility"], noise)
+            tables.append(AttackTable(name, lines, verdict, "", note, short))
+            if verdict.passed:
+                for line in lines:
+                    if line.kind == "method":
+                        line.shares = _shares(line, t, r, columns)
     return tables
+
+
+def _grid_note(points: Mapping[Any, float] | None, members, name: str) -> tuple[str, str]:
+    """What a table read under a learning-rate grid says about its point ('' without a grid)."""
+    if not points:
+        return "", ""
+    shown = ", ".join(f"x{m:g}" for m in dict.fromkeys(points.values()))
+    kept = "; ".join(f"{row.label} kept {_kept_text(row, name)}" for row in members) or "no method row"
+    return (f"learning-rate grid (attack.relearn_lr_grid): read at {shown} the budgeted rate, the retain model and the "
+            f"target attacked at the same point ({kept})", f"@ lr {shown}")
 
 
 def _shares(line: AttackLine, target: AttackLine, retain: AttackLine, columns: Sequence[Column]) -> dict:
@@ -220,6 +282,50 @@ def _cell(c: Column, line: AttackLine, damaged: bool) -> str:
     return text
 
 
+def curve_column(table: AttackTable, columns: Sequence[Column]) -> Column | None:
+    """The column a relearning curve is shown for: the grid's declared column, else the first knowledge column scored."""
+    declared = next((((b.get("lr_grid") or {}).get("column")) for ln in table.lines for b in ln.blocks
+                     if isinstance(b.get("lr_grid"), Mapping)), None)
+    keys = [c for c in knowledge_columns(columns) if c.key == declared] if declared else []
+    scored = [c for c in knowledge_columns(columns)
+              if any(c.key in (p.get("aggregates") or {}) for ln in table.lines for b in ln.blocks
+                     for p in b.get("curve") or [])]
+    return (keys or scored or [None])[0]
+
+
+def curve_values(line: AttackLine, key: str) -> dict[int, float]:
+    """{step: the column's value after that step, averaged over the line's seeds}."""
+    by_step: dict[int, list[float]] = {}
+    for block in line.blocks:
+        for point in block.get("curve") or []:
+            value = (point.get("aggregates") or {}).get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value)):
+                by_step.setdefault(int(point["step"]), []).append(float(value))
+    return {step: statistics.fmean(values) for step, values in sorted(by_step.items())}
+
+
+def render_curve(table: AttackTable, columns: Sequence[Column]) -> str:
+    """The compact relearning-curve table of an attack (attack.relearn_curve), or '' without a curve."""
+    column = curve_column(table, columns)
+    if column is None:
+        return ""
+    curves = {id(ln): curve_values(ln, column.key) for ln in table.lines}
+    steps = sorted({s for c in curves.values() for s in c})
+    if not steps:
+        return ""
+    body = []
+    for line in table.lines:
+        before = line.before.get(column.key)
+        cells = [column.format(before) if before is not None else "n/a"]
+        cells += [column.format(v) if (v := curves[id(line)].get(s)) is not None else "n/a" for s in steps]
+        body.append([line.label + (" (reference)" if line.baseline else ""), *cells])
+    title = (f"Relearning curve of *{table.title}* (attack.relearn_curve): {column.label} on the attack's items before "
+             "the attack (step 0) and after each optimiser step.")
+    return title + "\n\n" + tabulate(body, headers=["Model / method", "step 0", *(f"step {s}" for s in steps)],
+                                      tablefmt="github", disable_numparse=True,
+                                      colalign=["left", *("right" for _ in range(len(steps) + 1))])
+
+
 def render_robustness(rows, columns: Sequence[Column]) -> str:
     """The tables and their legend as Markdown, or '' when no record of the section was attacked."""
     tables = attack_tables(rows, columns)
@@ -257,9 +363,12 @@ def render_robustness(rows, columns: Sequence[Column]) -> str:
                       "digit and their intervals) on no forget column")
         else:
             status = f"{DAMAGED}: " + "; ".join(table.guard.reasons)
-        parts.append(f"*{table.attack}*: {status}.")
+        parts.append(f"*{table.attack}*: {status}." + (f" ({table.note}.)" if table.note else ""))
         parts.append(tabulate(body, headers=headers, tablefmt="github", disable_numparse=True,
                               colalign=["left", "left", *("right" for _ in shown)]))
+        curve = render_curve(table, columns)
+        if curve:
+            parts.append(curve)
     scores = robustness_scores(tables, columns)
     keys = knowledge_columns(columns)
     if scores and keys:

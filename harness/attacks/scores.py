@@ -29,7 +29,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from harness.scoring.uncertainty import DEFAULT_RESAMPLES, DEFAULT_SEED, LEVEL, Statistic, resample_indices
+from harness.scoring.uncertainty import (
+    DEFAULT_RESAMPLES,
+    DEFAULT_SEED,
+    LEVEL,
+    Statistic,
+    bootstrap_interval,
+    resample_indices,
+)
 
 FORGET_FAMILIES = ("verbatim", "knowledge", "privacy")
 P_VALUE_KEYS = ("forget_quality",)
@@ -49,6 +56,36 @@ def distance_columns(columns) -> list:
 def knowledge_columns(columns) -> list:
     """Forget columns where a higher value means more knowledge left (R and Q need that orientation)."""
     return [c for c in distance_columns(columns) if c.direction == "down"]
+
+
+def utility_key(columns) -> str | None:
+    """The utility column the guard reads: ``model_utility``, else the last utility column (as the leaderboard)."""
+    utility = [c for c in columns if c.family == "utility"]
+    return next((c.key for c in utility if c.key == "model_utility"), utility[-1].key if utility else None)
+
+
+def interval_width(column, evaluation: Mapping) -> float | None:
+    """Width of the 95% bootstrap interval of ``column`` on one evaluation's per-item scores (the
+    leaderboard's own resamples and seed); None without a per-item statistic or the items."""
+    if getattr(column, "interval", None) is None:
+        return None
+    try:
+        groups = column.interval.groups(evaluation.get("per_sample") or {}, evaluation.get("aggregates") or {})
+        found = bootstrap_interval(column.interval, [groups], DEFAULT_RESAMPLES, DEFAULT_SEED)
+    except (KeyError, ValueError, TypeError):
+        return None
+    return found.hi - found.lo
+
+
+def guard_noise(columns, *evaluations: Mapping) -> dict[str, float]:
+    """Per distance column, the widest interval among ``evaluations`` (all of which must have one): the
+    ``noise`` the guard takes, computed as the leaderboard computes it."""
+    out = {}
+    for c in distance_columns(columns):
+        widths = [interval_width(c, e) for e in evaluations]
+        if widths and all(w is not None for w in widths):
+            out[c.key] = max(widths)
+    return out
 
 
 def _num(value) -> float | None:

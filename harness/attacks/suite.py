@@ -28,7 +28,14 @@ larger than the unlearning it probes. A larger ``attack.relearn_lr`` is refused 
 ``attack.over_budget=true``.
 
 Quantisation: ``int8`` / ``int4`` (Zhang et al. 2024, arXiv 2410.16454): weight-only
-round-to-nearest per group, dequantised (``harness/attacks/quantize.py``), on all items.
+round-to-nearest per group, dequantised (``harness/attacks/quantize.py``), on all items;
+``bnb-int8`` / ``bnb-fp4`` / ``bnb-nf4``: the same paper's bitsandbytes quantisation, dequantised
+(``harness/attacks/bnb.py``; needs the optional bitsandbytes package, refused up front without it).
+
+Opt-in settings of the relearning protocols, all off by default (a run without them records exactly
+what it did before they existed): ``attack.relearn_lr_grid`` (several rates, one kept per method by
+the rule in ``harness/attacks/grid.py``), ``attack.relearn_curve`` (the scores after every step,
+``harness/attacks/probe.py``) and ``attack.lora.*`` (a LoRA attacker, merged before scoring).
 """
 from __future__ import annotations
 
@@ -36,7 +43,7 @@ import copy
 import gc
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import torch
@@ -45,7 +52,13 @@ from harness.training import distributed
 from harness.errors import HarnessError
 from harness.runtime.models import LoadedModel
 from harness.training.finetune import Finetune
+from harness.training.lora import LoraSettings
+from harness.training.lora import describe as describe_lora
+from harness.attacks import grid as lr_grid
+from harness.attacks.bnb import BNB, bnb_quantise_model_, check_available
+from harness.attacks.probe import StepProbe
 from harness.attacks.quantize import quantise_model_
+from harness.attacks.scores import describe, guard, guard_noise, knowledge_columns, utility_key
 from harness.training.loop import TrainConfig, epoch_plan, schedule_factor, train
 
 HELDOUT = "relearn-heldout"
@@ -53,7 +66,8 @@ SAME_ENTITY = "relearn-same-entity"
 OPENUNLEARNING = "relearn-openunlearning"
 RELEARN_PROTOCOLS = (HELDOUT, SAME_ENTITY, OPENUNLEARNING)
 QUANTISE = {"int8": 8, "int4": 4}
-ATTACKS = (*RELEARN_PROTOCOLS, *QUANTISE)
+ATTACKS = (*RELEARN_PROTOCOLS, *QUANTISE, *BNB)
+BUDGETED = (HELDOUT, SAME_ENTITY)   # the protocols whose rate comes from the unlearning's budget (and may be gridded)
 ALIASES = {"relearn": HELDOUT}   # the 0.1 name of the held-out protocol
 RELEARN = HELDOUT                # kept for imports of the 0.1 name
 
@@ -63,6 +77,9 @@ SOURCES = {
     OPENUNLEARNING: "Dorna et al. 2025, arXiv 2506.12618 Sec. 4.1 (one epoch on the forget set at lr 2e-5)",
     "int8": "Zhang et al. 2024, arXiv 2410.16454 (round-to-nearest, 8 bits per weight, per group)",
     "int4": "Zhang et al. 2024, arXiv 2410.16454 (round-to-nearest, 4 bits per weight, per group)",
+    "bnb-int8": "Zhang et al. 2024, arXiv 2410.16454 (bitsandbytes load_in_8bit: LLM.int8() weights, dequantised)",
+    "bnb-fp4": "Zhang et al. 2024, arXiv 2410.16454 (bitsandbytes load_in_4bit, its default fp4, dequantised)",
+    "bnb-nf4": "Dorna et al. 2025, arXiv 2506.12618 Sec. 4.1 (bitsandbytes 4-bit nf4, dequantised)",
 }
 ITEMS = {HELDOUT: "held-out units", SAME_ENTITY: "held-out facts", OPENUNLEARNING: "whole forget set"}
 
@@ -80,6 +97,9 @@ class AttackConfig:
     group_size: int = 128             # inputs per quantisation group (Zhang et al.: 128)
     guard_gap: float = 0.8            # the attacked target must keep this share of the target-retain gap
     guard_utility: float = 0.1        # the attacked retain model may lose at most this share of its utility
+    relearn_lr_grid: str = ""         # heldout / same-entity: comma list of multiples of the relearn lr; '' = one rate
+    relearn_lr_column: str = ""       # the forget column whose recovery picks the grid point; '' = the first scored
+    relearn_curve: bool = False       # relearning: also score the attacked copy after every optimiser step
 
     def __post_init__(self):
         if self.relearn_steps < 1 or self.openunlearning_epochs < 1:
@@ -91,6 +111,10 @@ class AttackConfig:
             raise HarnessError(f"attack.relearn_warmup_ratio must be between 0 and 1, got {self.relearn_warmup_ratio}.")
         if not 0 < self.guard_gap <= 1 or not 0 <= self.guard_utility < 1:
             raise HarnessError("attack.guard_gap must be in (0, 1] and attack.guard_utility in [0, 1).")
+        self.grid_multiples()   # a bad grid fails here, before anything else
+
+    def grid_multiples(self) -> tuple[float, ...]:
+        return lr_grid.parse_grid(self.relearn_lr_grid)
 
 
 def parse_attacks(spec: str) -> tuple[str, ...]:
@@ -176,6 +200,7 @@ class RelearnPlan:
     split: dict[str, Any]
     cfg: TrainConfig
     budget: dict[str, Any] = field(default_factory=dict)
+    points: list[tuple[float, TrainConfig]] = field(default_factory=list)   # attack.relearn_lr_grid: (multiple, cfg)
 
     def examples(self, tokenizer) -> list:
         """The training examples in the prompt format ``tokenizer`` resolves (TOFU's ``auto``)."""
@@ -200,11 +225,15 @@ class Attacks:
     """
 
     def __init__(self, names: Sequence[str], cfg: AttackConfig, bench, finetune_cfg: TrainConfig, seed: int,
-                 columns, log=print, progress=None, unlearning_budget: float | None = None):
+                 columns, log=print, progress=None, unlearning_budget: float | None = None,
+                 lora: LoraSettings | None = None):
         names = tuple(dict.fromkeys(ALIASES.get(n, n) for n in names))
         self.names, self.cfg, self.bench, self.seed, self.columns = names, cfg, bench, seed, columns
         self.log, self.progress = log, progress
         self.unlearning_budget = unlearning_budget
+        self.lora = lora if lora is not None and lora.enabled else None
+        self.multiples = cfg.grid_multiples()
+        self._check_options()
         self.plans: dict[str, RelearnPlan] = {}
         batch = cfg.relearn_batch or finetune_cfg.global_batch
         base = {**asdict(finetune_cfg), "global_batch": batch, "micro_batch": min(finetune_cfg.micro_batch, batch)}
@@ -222,8 +251,58 @@ class Attacks:
                 record = {"seed": seed, "trains_on": "the whole forget set", "scores": "the whole forget set"}
             else:
                 continue
-            self.plans[name] = RelearnPlan(name, train_view, scored_view, record, self._train_cfg(name, base, train_view))
+            plan = RelearnPlan(name, train_view, scored_view, record, self._train_cfg(name, base, train_view))
+            if self.multiples and name in BUDGETED:
+                plan.points = [(m, self._grid_cfg(name, plan, m)) for m in self.multiples]
+            self.plans[name] = plan
         self.scored_reference: dict[str, dict | None] = {n: None for n in self.plans}   # the retain model's, per view
+        # attack.relearn_lr_grid: the retain and target rows' attack blocks (every grid point), per protocol
+        self.grid_reference: dict[str, dict[str, dict]] = {n: {} for n, p in self.plans.items() if p.points}
+        self.grid_column = self._grid_column() if self.grid_reference else None
+
+    def _check_options(self) -> None:
+        """Opt-in settings that would do nothing in this run are refused, not ignored."""
+        check_available(self.names)
+        relearning = [n for n in self.names if n in RELEARN_PROTOCOLS]
+        if self.multiples and not any(n in BUDGETED for n in self.names):
+            raise HarnessError(f"attack.relearn_lr_grid applies to {HELDOUT} and {SAME_ENTITY} (their rate comes from "
+                               "the unlearning's budget); eval.attacks names neither. Add one, or leave the grid out.")
+        if self.cfg.relearn_lr_column and not self.multiples:
+            raise HarnessError("attack.relearn_lr_column picks a point of attack.relearn_lr_grid, which is not set.")
+        for setting, on in (("attack.relearn_curve", self.cfg.relearn_curve), ("attack.lora.r", self.lora is not None)):
+            if on and not relearning:
+                raise HarnessError(f"{setting} applies to the relearning attacks ({', '.join(RELEARN_PROTOCOLS)}); "
+                                   "eval.attacks names none of them. Add one, or leave it out.")
+
+    def _grid_column(self) -> str:
+        """The column whose recovery picks a grid point: attack.relearn_lr_column, else the first knowledge column."""
+        keys = [c.key for c in knowledge_columns(self.columns)]
+        chosen = self.cfg.relearn_lr_column
+        if chosen and chosen not in keys:
+            raise HarnessError(f"attack.relearn_lr_column={chosen!r} is not a forget column where a higher value means "
+                               f"more knowledge on this benchmark; choose one of: {', '.join(keys) or '(none)'}.")
+        if not keys:
+            raise HarnessError("attack.relearn_lr_grid needs a forget column where a higher value means more knowledge "
+                               "to pick a point by, and this benchmark has none.")
+        return chosen or keys[0]
+
+    def _grid_cfg(self, name: str, plan: RelearnPlan, multiple: float) -> TrainConfig:
+        """The plan's settings at ``multiple`` times its rate, under the same budget rule as attack.relearn_lr."""
+        lr = multiple * plan.cfg.lr
+        spent = cumulative_lr(replace(plan.cfg, lr=lr), len(plan.train_view.forget_train()))
+        if self.unlearning_budget and spent > self.unlearning_budget * (1 + 1e-9) and not self.cfg.over_budget:
+            raise HarnessError(
+                f"{name}: attack.relearn_lr_grid's multiple {multiple:g} gives lr {lr:.3g}, whose {self.cfg.relearn_steps} "
+                f"steps sum to a learning rate of {spent:.3g}, more than the unlearning's {self.unlearning_budget:.3g}: "
+                "that point would be larger than what it probes. Keep the multiples at most 1 (with attack.relearn_lr=0 "
+                "the rate already spends the whole budget), or set attack.over_budget=true."
+            )
+        return replace(plan.cfg, lr=lr)
+
+    @property
+    def needs_target_first(self) -> bool:
+        """Method cells choose their grid point against the attacked target: it must be finished before them."""
+        return bool(self.grid_reference)
 
     def _train_cfg(self, name: str, base: dict, view) -> TrainConfig:
         n = len(view.forget_train())   # a count only: the same in every prompt format
@@ -256,8 +335,26 @@ class Attacks:
             out[name] = {"source": SOURCES[name], "train": asdict(plan.cfg), "split": plan.split,
                          "cumulative_lr": cumulative_lr(plan.cfg, len(plan.train_view.forget_train())),
                          "unlearning_cumulative_lr": self.unlearning_budget}
+            out[name].update(self._options(plan))   # only the opt-in settings that are on: the default ids stay
         if any(n in QUANTISE for n in self.names):
             out["quantise"] = {"group_size": self.cfg.group_size, "scheme": "RTN per group, dequantised"}
+        if any(n in BNB for n in self.names):
+            out["bnb"] = {n: SOURCES[n] for n in self.names if n in BNB}
+        return out
+
+    def _options(self, plan: RelearnPlan) -> dict[str, Any]:
+        """The opt-in settings of a relearning plan that are on (none by default)."""
+        out: dict[str, Any] = {}
+        if plan.points:
+            n = len(plan.train_view.forget_train())
+            out["lr_grid"] = {"multiples": [m for m, _ in plan.points], "lrs": [c.lr for _, c in plan.points],
+                              "cumulative_lrs": [cumulative_lr(c, n) for _, c in plan.points],
+                              "column": self.grid_column, "rule": lr_grid.RULE, "source": SOURCES[HELDOUT],
+                              "over_budget": self.cfg.over_budget}
+        if self.cfg.relearn_curve:
+            out["curve"] = "scores after every optimiser step"
+        if self.lora is not None:
+            out["lora"] = describe_lora(self.lora)
         return out
 
     # --- stages ------------------------------------------------------------------------------
@@ -268,31 +365,39 @@ class Attacks:
             for name, plan in self.plans.items():
                 view = evaluate(loaded, plan.scored_view, None, self_reference=True)
                 self.scored_reference[name] = view["reference_values"]
-            result = self._attack_all(loaded, evaluate, out, out.get("reference_values"), self_reference=True)
+            result = self._attack_all(loaded, evaluate, out, out.get("reference_values"), self_reference=True,
+                                      role=role)
             for name in self.plans:
                 result[name]["reference_values"] = self.scored_reference[name]
             return result
-        return self._attack_all(loaded, evaluate, out, reference)
+        return self._attack_all(loaded, evaluate, out, reference, role=role)
 
     def remember(self, role: str, record: dict | None) -> None:
-        """Take from the retain row's record (fresh or a finished one that was skipped) its reference values."""
-        if role != "retain" or not record or record.get("status") not in ("ok", "diverged"):
+        """Take from a reference row's record (fresh or a finished one that was skipped) what the method rows
+        need: the retain model's reference values on each scored view and, with a learning-rate grid, the
+        retain and target rows' results at every grid point."""
+        if role not in ("retain", "target") or not record or record.get("status") not in ("ok", "diverged"):
             return
         attacks = record.get("attacks") or {}
         for name in self.plans:
-            values = (attacks.get(name) or {}).get("reference_values")
-            if values is not None:
+            block = attacks.get(name) or {}
+            values = block.get("reference_values")
+            if role == "retain" and values is not None:
                 self.scored_reference[name] = values
+            if name in self.grid_reference and isinstance(block.get("lr_grid"), dict):
+                self.grid_reference[name][role] = block
 
     def method_stage(self, loaded: LoadedModel, evaluate: Evaluate, out: dict, reference) -> dict:
         return self._attack_all(loaded, evaluate, out, reference)
 
     # --- attacks -----------------------------------------------------------------------------
-    def _attack_all(self, loaded, evaluate, out, reference, self_reference: bool = False) -> dict:
+    def _attack_all(self, loaded, evaluate, out, reference, self_reference: bool = False, role: str = "method") -> dict:
         result = {}
         for name in self.names:
             started = time.perf_counter()
-            if name in self.plans:
+            if name in self.plans and self.plans[name].points:
+                block = self._relearn_grid(self.plans[name], loaded, evaluate, out, self_reference, role)
+            elif name in self.plans:
                 block = self._relearn(self.plans[name], loaded, evaluate, out, self_reference)
             else:
                 block = self._quantise(name, loaded, evaluate, out, reference)
@@ -303,40 +408,139 @@ class Attacks:
                 torch.cuda.empty_cache()
         return result
 
-    def _relearn(self, plan: RelearnPlan, loaded, evaluate, out, self_reference: bool) -> dict:
+    def _unattacked(self, plan: RelearnPlan, loaded, evaluate, out, self_reference: bool) -> dict:
         # Self-referenced (the retain model): its own values on the scored view are the reference of
         # its unattacked scores; the attacked copy is scored against them like any other model.
-        reference = self.scored_reference[plan.name]
         if plan.scored_view is self.bench and not self_reference:
-            before = {"aggregates": out["aggregates"]}
-        else:
-            before = evaluate(loaded, plan.scored_view, reference, self_reference=self_reference)
+            return {"aggregates": out["aggregates"]}
+        return evaluate(loaded, plan.scored_view, self.scored_reference[plan.name], self_reference=self_reference)
+
+    def _relearn(self, plan: RelearnPlan, loaded, evaluate, out, self_reference: bool) -> dict:
+        before = self._unattacked(plan, loaded, evaluate, out, self_reference)
         examples = plan.examples(loaded.tokenizer)   # after the tokenizer has settled the prompt format
+        run = self._train_and_score(plan, plan.cfg, loaded, evaluate, examples)
+        return {
+            "settings": self._run_settings(plan, plan.cfg, run, examples),
+            "seed": self.seed, "split": plan.split, "items": ITEMS[plan.name],
+            "unattacked": before["aggregates"], **self._scored(run),
+        }
+
+    def _train_and_score(self, plan: RelearnPlan, cfg: TrainConfig, loaded, evaluate, examples) -> dict:
+        """Fine-tune a fresh copy of ``loaded`` with ``cfg`` and score it on the plan's scored view."""
+        reference = self.scored_reference[plan.name]
+        curve: list[dict] = []
+        method: Finetune = Finetune()
+        if self.cfg.relearn_curve:
+            def score_step(step, model):
+                found = evaluate(LoadedModel(model, loaded.tokenizer, loaded.name, loaded.source), plan.scored_view,
+                                 reference)
+                curve.append({"step": step, "aggregates": found["aggregates"]})
+            method = StepProbe(score_step)
+        options = {"lora": self.lora} if self.lora is not None else {}
         attacked = _copy_of(loaded)
         try:
             with distributed.this_process_only():   # the main process attacks; launched ranks wait for it
-                result = train(attacked.model, attacked.tokenizer, Finetune(), examples, None,
-                               plan.cfg, self.seed, progress=self.progress)
+                result = train(attacked.model, attacked.tokenizer, method, examples, None,
+                               cfg, self.seed, progress=self.progress, **options)
             after = evaluate(attacked, plan.scored_view, reference)
         finally:
             del attacked
-        return {
-            "settings": {"source": SOURCES[plan.name], "steps": result.steps, "lr": plan.cfg.lr,
-                         "warmup_ratio": plan.cfg.warmup_ratio, "schedule": plan.cfg.schedule,
-                         "global_batch": plan.cfg.global_batch, "examples": len(examples),
-                         "loss": "cross-entropy (finetune)"},
-            "seed": self.seed, "split": plan.split, "items": ITEMS[plan.name],
-            "unattacked": before["aggregates"], **{k: after[k] for k in KEPT},
+        run = {"result": result, "after": after}
+        if self.cfg.relearn_curve:
+            run["curve"] = curve + [{"step": result.steps, "aggregates": after["aggregates"]}]
+            run["curve_s"] = method.seconds
+        return run
+
+    def _run_settings(self, plan: RelearnPlan, cfg: TrainConfig, run: dict, examples) -> dict:
+        settings = {"source": SOURCES[plan.name], "steps": run["result"].steps, "lr": cfg.lr,
+                    "warmup_ratio": cfg.warmup_ratio, "schedule": cfg.schedule,
+                    "global_batch": cfg.global_batch, "examples": len(examples),
+                    "loss": "cross-entropy (finetune)"}
+        if self.lora is not None:
+            settings["lora"] = {**describe_lora(self.lora), "merged": "before scoring"}
+        return settings
+
+    def _scored(self, run: dict) -> dict:
+        """What a block keeps of one attacked run: scores, training, timings (and the curve when asked)."""
+        result, after = run["result"], run["after"]
+        block = {
+            **{k: after[k] for k in KEPT},
             "training": {"status": result.status, "steps": result.steps, "losses": result.losses},
             "timings": {"train_s": round(result.seconds, 3), "eval_s": after["timings"]["eval_s"]},
             "eval_counts": after["eval_counts"],
         }
+        if "curve" in run:   # the probe's scoring ran inside training: not training time
+            block["timings"] = {"train_s": round(result.seconds - run["curve_s"], 3), "curve_eval_s":
+                                round(run["curve_s"], 3), "eval_s": after["timings"]["eval_s"]}
+            block["curve"] = run["curve"]
+        return block
+
+    def _relearn_grid(self, plan: RelearnPlan, loaded, evaluate, out, self_reference: bool, role: str) -> dict:
+        """Every grid point from the same weights; a method row keeps one by ``grid.choose``, a reference row
+        shows the point nearest the budget (method rows are read against the references at their own point)."""
+        before = self._unattacked(plan, loaded, evaluate, out, self_reference)
+        examples = plan.examples(loaded.tokenizer)
+        points, runs = [], {}
+        for multiple, cfg in plan.points:
+            run = runs[multiple] = self._train_and_score(plan, cfg, loaded, evaluate, examples)
+            points.append({"multiple": multiple, "lr": cfg.lr, "settings": self._run_settings(plan, cfg, run, examples),
+                           **self._scored(run)})
+        shown = lr_grid.nearest_budget(self.multiples)
+        column = self._scored_column(points)
+        if role == "method":
+            for point in points:
+                point["guard"] = self._point_guard(plan.name, point["multiple"])
+            kept, why = lr_grid.choose(points, column)
+            shown = kept if kept is not None else shown
+        else:
+            kept, why = None, ("a reference row: it shows the point nearest the budget; each method row is read against "
+                               "the references attacked at the point that method kept")
+        chosen = next(p for p in points if p["multiple"] == shown)
+        block = {
+            "settings": chosen["settings"], "seed": self.seed, "split": plan.split, "items": ITEMS[plan.name],
+            "unattacked": before["aggregates"],
+            **{k: v for k, v in chosen.items() if k not in ("multiple", "lr", "settings", "guard")},
+            "lr_grid": {"column": column, "rule": lr_grid.RULE, "kept": kept, "shown": shown, "why": why,
+                        "points": points},
+        }
+        block["timings"] = {"train_s": round(sum(p["timings"]["train_s"] for p in points), 3),
+                            "eval_s": round(sum(p["timings"]["eval_s"] for p in points), 3)}
+        return block
+
+    def _scored_column(self, points: list[dict]) -> str:
+        """The declared column; by default the first knowledge column this protocol scores (same-entity
+        leaves the synthetic biographies, hence VerbMem, out)."""
+        if self.cfg.relearn_lr_column:
+            return self.cfg.relearn_lr_column
+        keys = [c.key for c in knowledge_columns(self.columns)]
+        return next((k for k in keys if any(lr_grid.knowledge_value(p["aggregates"], k) is not None for p in points)),
+                    self.grid_column)
+
+    def _point_guard(self, name: str, multiple: float) -> dict | None:
+        """The guard on the retain and target rows attacked at ``multiple`` (None when either is missing)."""
+        refs = self.grid_reference.get(name) or {}
+        found = {}
+        for role in ("target", "retain"):
+            block = refs.get(role)
+            point = next((p for p in ((block or {}).get("lr_grid") or {}).get("points", [])
+                          if p.get("multiple") == multiple), None)
+            if block is None or point is None:
+                return None
+            found[role] = (block.get("unattacked") or {}, point)
+        (tb, ta), (rb, ra) = found["target"], found["retain"]
+        noise = guard_noise(self.columns, ta, ra)
+        verdict = guard(tb, ta.get("aggregates") or {}, rb, ra.get("aggregates") or {}, self.columns,
+                        utility_key(self.columns), self.cfg.guard_gap, self.cfg.guard_utility, noise)
+        return describe(verdict)
 
     def _quantise(self, name, loaded, evaluate, out, reference) -> dict:
         attacked = _copy_of(loaded)
         try:
             started = time.perf_counter()
-            summary = quantise_model_(attacked.model, QUANTISE[name], self.cfg.group_size)
+            if name in BNB:
+                summary = bnb_quantise_model_(attacked.model, name)
+            else:
+                summary = quantise_model_(attacked.model, QUANTISE[name], self.cfg.group_size)
             quantise_s = time.perf_counter() - started
             after = evaluate(attacked, self.bench, reference)   # the retain model's own values when it is attacked
         finally:

@@ -28,7 +28,7 @@ class EvalConfig:
     select: str = "last"        # checkpoint-selection rule applied to every method alike (see selection.py)
     select_fraction: float = 0.9    # utility_preserving: share of the target's utility a candidate must keep (MUSE-style)
     select_forget: str = ""         # utility_preserving / first_below_retain: the forget column ranked ('' = the benchmark's)
-    attacks: str = ""           # comma list of relearn-heldout, relearn-same-entity, relearn-openunlearning, int8, int4 (docs/attacks.md)
+    attacks: str = ""           # comma list of relearn-heldout, relearn-same-entity, relearn-openunlearning, int8, int4, bnb-int8, bnb-fp4, bnb-nf4 (docs/attacks.md)
     # lm-evaluation-harness tasks scored on every evaluated model as extra columns lm_eval/<task>/<metric>
     # (harness/engines/lm_eval_route.py): a comma list of registered task names (mmlu; hub data) and
     # .yaml task files (local data); off by default
@@ -174,7 +174,7 @@ def normalise_overrides(overrides: dict[str, str], sections: dict[str, type]) ->
     return out
 
 
-FIXED_SECTIONS = ("train", "train.lora", "finetune", "eval", "benchmark", "attack")
+FIXED_SECTIONS = ("train", "train.lora", "finetune", "eval", "benchmark", "attack", "attack.lora")
 
 
 def _method_not_in_run(full: str, sections: dict[str, type]) -> str | None:

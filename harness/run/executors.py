@@ -107,8 +107,10 @@ def run_distributed(runner, opts: ExecutorOptions, plugins: list[str], log=print
     submit = _ray_submitter(opts, log) if opts.name == "ray" else _slurm_submitter(opts, runner.results_dir, log)
     args = (_request_dict(runner.req), plugins, _forwarded_env())
     first = [n for n in names if n == "retain"]       # prepares the models and gives the references
-    # a rule that compares with the target's scores (utility_preserving) needs its row before the methods
-    second = [n for n in names if n == "target"] if runner.rule.needs_target else []
+    # a rule that compares with the target's scores (utility_preserving), and a relearning grid whose points
+    # are judged on the attacked target (attack.relearn_lr_grid), need its row before the methods
+    target_first = runner.rule.needs_target or bool(runner.attacks and runner.attacks.needs_target_first)
+    second = [n for n in names if n == "target"] if target_first else []
     rest = [n for n in names if n not in first and n not in second]
     results: list[dict] = []
     for stage in (first, second, rest):

@@ -156,7 +156,7 @@ class Runner:
             validation.check_loop_settings(cls, TrainConfig)
         sections = {
             "train": TrainConfig, "train.lora": LoraSettings, "finetune": TrainConfig, "eval": EvalConfig,
-            "benchmark": self.bench_cls.Config, "attack": AttackConfig,
+            "benchmark": self.bench_cls.Config, "attack": AttackConfig, "attack.lora": LoraSettings,
             **{m: cls.Config for m, cls in self.method_cls.items()},
         }
         self.overrides = cfgmod.normalise_overrides(req.overrides, sections)
@@ -198,9 +198,13 @@ class Runner:
         lm_eval_route.check_distinct(self.lm_eval_tasks)
         lm_eval_route.check_reachable(self.lm_eval_tasks, f"benchmark '{self.bench.name}'")
         attack_names = parse_attacks(self.eval_cfg.attacks)   # validated up front, like everything above
-        self.attacks = Attacks(attack_names, cfgmod.build(AttackConfig, "attack", [self.overrides]), self.bench,
-                               self.finetune_cfg, req.seed, self.bench_cls.columns, self.log,
-                               unlearning_budget=self._unlearning_budget()) if attack_names else None
+        attack_cfg, attack_lora = self._attack_settings()   # checked even when no attack is named
+        self.attacks = Attacks(attack_names, attack_cfg, self.bench, self.finetune_cfg, req.seed, self.bench_cls.columns,
+                               self.log, unlearning_budget=self._unlearning_budget(),
+                               lora=attack_lora) if attack_names else None
+        if self.attacks and self.attacks.needs_target_first and "retain" not in self.cell_names():
+            raise HarnessError("attack.relearn_lr_grid keeps a grid point only where the attacked target and retain model "
+                               "pass the guard, and this run has no retain row: pass --retain PATH, or leave the grid out.")
         self.model_label = req.model if not (req.target and req.model == RunRequest.model) else req.target
         validation.check_before_work(self, self.output_folders())
         for note in validation.short_splits(self.bench):
@@ -209,6 +213,15 @@ class Runner:
         self._eval_cut: dict[tuple, dict[str, int]] = {}   # truncation counts per tokenizer
         self._warned: set[str] = set()
         self.run_progress: RunProgress | None = None   # a whole run's cells done and time left (``run`` only)
+
+    def _attack_settings(self) -> tuple[AttackConfig, LoraSettings]:
+        """``attack.*`` and ``attack.lora.*`` (the LoRA attacker: the same settings as ``train.lora``)."""
+        cfg = cfgmod.build(AttackConfig, "attack", [self.overrides])
+        try:
+            lora = cfgmod.build(LoraSettings, "attack.lora", [self.overrides])
+        except HarnessError as exc:
+            raise HarnessError(str(exc).replace("train.lora", "attack.lora")) from None
+        return cfg, lora
 
     def _unlearning_budget(self) -> float | None:
         """The smallest cumulative learning rate of the run's unlearning methods: what a relearning

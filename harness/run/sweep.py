@@ -30,7 +30,7 @@ from harness.errors import HarnessError
 from harness.run import selection
 
 #: sections whose keys may not be swept: they change the reference rows or the selection itself
-FIXED = ("benchmark", "eval", "finetune", "attack")
+FIXED = ("benchmark", "eval", "finetune", "attack", "attack.lora")
 
 
 def parse(pairs: Sequence[str] | None) -> dict[str, list[str]]:
