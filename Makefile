@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN_ARGS ?=   # e.g. make run RUN_ARGS=--force to recompute every cell
 # The full job: every method on the whole synthetic benchmark, with the relearning and quantisation
-# attacks; results/ holds its records (about 90 minutes on a 2-core CPU: README, "Time of synthetic").
+# attacks; results/ holds its records (1 h 04 min with --executor ray --workers 2 --threads 1 on a 2-core
+# CPU; near two hours in one process, an estimate: README, "Time of synthetic").
 FULL_JOB := run --methods all --benchmark synthetic --set eval.attacks=relearn-heldout,relearn-same-entity,relearn-openunlearning,int8,int4
 # The quick job, `make run`: the same methods and settings on the first 4 items of every split
 # (--limit 4, which each leaderboard heading states), without the attacks, and without keeping each

@@ -31,7 +31,8 @@ from tabulate import tabulate
 
 from harness.run.results import atomic_write_text
 from harness.run import sweep as sweeps
-from harness.run.selection import Context
+from harness.errors import HarnessError
+from harness.run.selection import Context, utility_column
 
 from .columns import DIRECTIONS, Column, format_value, lm_eval_columns
 from .intervals import AT_P_MIN, TIED, CellUncertainty, cell_interval, forget_quality_ks, test_against_best, within_target
@@ -41,6 +42,7 @@ from .versions import render_version_note
 __all__ = ["render_leaderboard", "write_leaderboard", "format_value", "section_key"]
 
 MISSING = "n/a"
+COLLAPSE_FRACTION = 0.5   # a method row whose utility stays below half the retain model's is "utility collapsed"
 REFERENCE_ORDER = {"target": 0, "retain": 1}
 _SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 
@@ -141,12 +143,13 @@ class _Row:
     label: str = ""
     values: dict[str, _Value] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    no_op: list[str] = field(default_factory=list)   # 'unchanged' / 'not distinguishable from the target'
+    no_op: list[str] = field(default_factory=list)   # 'unchanged' / 'not distinguishable from the target' / 'utility collapsed'
     sweep: "SweptRow | None" = None                   # the chosen point of a sweep, and every point swept
+    collapsed: bool = False                           # utility far below the retain model's: a broken model
 
     @property
     def excluded_from_best(self) -> bool:
-        return self.kind != "method" or any(
+        return self.kind != "method" or self.collapsed or any(
             (r.get("status") or "ok") != "ok" for r in self.records
         )
 
@@ -365,6 +368,8 @@ def _add_uncertainty(rows: list[_Row], columns: Sequence[Column], section: Seque
             value.uncertainty = cell_interval(row.records, c)
             if c.key == "forget_quality":
                 value.uncertainty.ks = forget_quality_ks(row.records, section)
+    _flag_collapse(rows, columns)
+
     def lacks(row: _Row) -> bool:
         declared = [c for c in columns if c.interval is not None and row.values[c.key].score is not None]
         return bool(declared) and all(row.values[c.key].uncertainty.interval is None for c in declared)
@@ -403,6 +408,36 @@ def _add_uncertainty(rows: list[_Row], columns: Sequence[Column], section: Seque
                                  f"({labels}) lies inside the target's 95% interval.")
 
 
+def _flag_collapse(rows: Sequence[_Row], columns: Sequence[Column]) -> None:
+    """Mark method rows whose utility collapsed: the upper end of the utility's 95% interval lies below
+    ``COLLAPSE_FRACTION`` of the retain model's utility. Such a model scores "well" on every forget
+    column because it answers nothing; it stays in the table, named, but is never the bold best row
+    (so the paired tests compare the other rows with a model that still works)."""
+    retain = next((r for r in rows if r.kind == "reference" and r.method == "retain"), None)
+    try:
+        utility = utility_column(columns)
+    except HarnessError:
+        return
+    if retain is None or utility.direction != "up":
+        return
+    reference = retain.values[utility.key].mean
+    if reference is None or not math.isfinite(reference) or reference <= 0:
+        return
+    floor = COLLAPSE_FRACTION * reference
+    for row in rows:
+        value = row.values[utility.key]
+        interval = value.uncertainty.interval
+        if row.kind != "method" or interval is None or value.mean is None or not interval.hi < floor:
+            continue
+        row.collapsed = True
+        row.no_op.append("utility collapsed")
+        row.notes.append(
+            f"utility collapsed: {utility.label} {utility.format(value.mean)} [{utility.format(interval.lo)}, "
+            f"{utility.format(interval.hi)}] lies below {COLLAPSE_FRACTION:g} x the retain model's "
+            f"{utility.format(reference)}; its forget columns describe a model that no longer answers, not "
+            f"forgetting, so it is never the bold row.")
+
+
 def _best_rows(rows: Sequence[_Row], column: Column) -> set[int]:
     """Indices of the method rows holding the best displayed value of ``column`` (ties: all)."""
     scored: list[tuple[int, Decimal]] = []
@@ -432,7 +467,8 @@ def _legend(columns: Sequence[Column]) -> str:
     if not parts:
         return ""
     return (
-        "Legend: " + ", ".join(parts) + "; **bold** = best method row per column (diverged runs excluded); "
+        "Legend: " + ", ".join(parts) + "; **bold** = best method row per column (diverged runs and rows "
+        f"whose utility collapsed, below {COLLAPSE_FRACTION:g} x the retain model's, excluded); "
         f"a ±h = mean and half-width of its 95% bootstrap interval over items (and seeds, when several); {TIED} = "
         "not distinguishable from the bold row (paired bootstrap on the same items, 95%); a sd s = mean and "
         "sample std over seeds where a column has no interval."

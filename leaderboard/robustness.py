@@ -236,10 +236,15 @@ def _shares(line: AttackLine, target: AttackLine, retain: AttackLine, columns: S
 
 
 def robustness_scores(tables: Sequence[AttackTable], columns: Sequence[Column]) -> dict[str, dict[str, dict]]:
-    """{method label: {column: {"R", "Q", "HM"}}} from relearn-openunlearning (R) and int4 (Q) lines."""
+    """{method label: {column: {"R", "Q", "HM"}}} from relearn-openunlearning (R) and int4 (Q) lines.
+
+    An attack whose guard found it damaging gives no score: its "recovery" is the damage, the same
+    reason its table shows no method numbers (R or Q stays None, so HM is None too)."""
     by_name = {t.attack: t for t in tables}
     out: dict[str, dict[str, dict]] = {}
     relearn, quant = by_name.get(OPENUNLEARNING), by_name.get("int4")
+    relearn = None if relearn is not None and _damaged(relearn) else relearn
+    quant = None if quant is not None and _damaged(quant) else quant
     retain = next((ln for ln in relearn.lines if ln.kind == "retain"), None) if relearn else None
     for c in knowledge_columns(columns):
         for line in (relearn.lines if relearn and retain else []):
@@ -255,6 +260,10 @@ def robustness_scores(tables: Sequence[AttackTable], columns: Sequence[Column]) 
         for cell in per_column.values():
             cell["HM"] = harmonic(cell.get("R"), cell.get("Q"))
     return out
+
+
+def _damaged(table: AttackTable) -> bool:
+    return table.guard is not None and table.guard.damaged
 
 
 def _percent(value: float | None) -> str:
@@ -372,9 +381,12 @@ def render_robustness(rows, columns: Sequence[Column]) -> str:
     scores = robustness_scores(tables, columns)
     keys = knowledge_columns(columns)
     if scores and keys:
+        damaged = [t.attack for t in tables if t.attack in (OPENUNLEARNING, "int4") and _damaged(t)]
         parts.append("OpenUnlearning's robustness (Dorna et al. 2025, arXiv 2506.12618, Sec. 4.1) per method: "
                      "R = min((retain after − retain before) / (method after − method before), 1) under "
-                     "relearn-openunlearning, Q = min(before / after, 1) under int4, and HM(R, Q); 1 is best.")
+                     "relearn-openunlearning, Q = min(before / after, 1) under int4, and HM(R, Q); 1 is best."
+                     + (f" n/a for {' and '.join(damaged)}: its guard found the attack damaging, so there is "
+                        "no score to take from it." if damaged else ""))
         body = [[label, *(" / ".join("n/a" if (v := per.get(c.key, {}).get(k)) is None else f"{v:.2f}"
                                      for k in ("R", "Q", "HM")) for c in keys)]
                 for label, per in scores.items()]

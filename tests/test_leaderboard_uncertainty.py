@@ -152,3 +152,30 @@ def test_generations_all_empty_or_all_one_text_are_flagged():
     assert degenerate_generations("qa", ["Paris", "Lyon", "Paris"]) == [] and degenerate_generations("qa", ["x"]) == []
     text = render_leaderboard([{**record("best", BASE), "warnings": same}], COLUMNS)
     assert "generations are the same text" in text   # shown on the row
+
+
+def test_a_row_whose_utility_collapsed_is_named_and_never_bold():
+    """Utility per item: retain 0.9 on average; 'broken' forgets best but answers nothing (upper bound far
+    below half of 0.9); 'halved' sits at about half with items spread widely, so its interval reaches above
+    the floor and it is not flagged."""
+    columns = {"toy": [Column("m", "Mem", "down", "knowledge", digits=3, interval=ItemMean("qa", "x")),
+                       Column("u", "Util", "up", "utility", digits=3, interval=ItemMean("ret", "y"))]}
+
+    def row(method, mem, util, kind="method"):
+        out = record(method, mem, kind=kind)
+        out["aggregates"]["u"] = float(np.mean(util))
+        out["per_sample"]["ret"] = [{"y": float(v)} for v in util]
+        return out
+
+    util = np.array([0.95, 0.85, 0.9, 0.92, 0.88, 0.9, 0.86, 0.94, 0.9, 0.9, 0.87, 0.93])
+    halved = np.array([0.0, 1.0] * 6) * 0.9
+    records = [row("retain", BASE, util, kind="reference"), row("target", BASE + 0.5, util, kind="reference"),
+               row("broken", BASE * 0.1, util * 0.02), row("halved", BASE + 0.1, halved), row("fine", BASE + 0.05, util)]
+    text = render_leaderboard(records, columns)
+    iv = bootstrap_interval(ItemMean("ret", "y"), [{"ret": {"y": util * 0.02}}])
+    assert iv.hi < 0.5 * float(np.mean(util))                 # the rule's premise, by hand
+    assert "| BROKEN (utility collapsed)" in text and "lies below 0.5 x the retain model's 0.900" in text
+    assert not cell(text, "BROKEN").startswith("**")          # lowest Mem, yet not the bold row
+    assert cell(text, "FINE").startswith("**")                # the best row that still works
+    assert "HALVED (" not in text and "FINE (" not in text
+    assert bootstrap_interval(ItemMean("ret", "y"), [{"ret": {"y": halved}}]).hi >= 0.45

@@ -75,10 +75,29 @@ def test_an_attack_that_damages_the_target_gives_no_number_for_the_methods():
 
 
 def test_openunlearning_scores_come_from_their_attacks():
-    # Q from int4: GA's VerbMem 5.0 before, 5.0 after -> 1.0; no relearn-openunlearning -> R n/a
-    scores = robustness_scores(attack_tables([TARGET, RETAIN, GA], COLUMNS), COLUMNS)
+    # int4 that passes the guard: the target keeps (80 - 10) / 75 of its gap. Q from GA's VerbMem 5.0
+    # before, 5.0 after -> min(5.0 / 5.0, 1) = 1.0; no relearn-openunlearning -> R n/a, and so HM.
+    target = row("reference", "target", "Target", [{"attacks": {
+        "int4": block(TARGET_BEFORE, [80, 82, 78, 81, 79, 80], U)}}])
+    scores = robustness_scores(attack_tables([target, RETAIN, GA], COLUMNS), COLUMNS)
     assert scores["GA"]["verbmem"]["Q"] == pytest.approx(1.0) and scores["GA"]["verbmem"].get("R") is None
     assert scores["GA"]["verbmem"]["HM"] is None
+
+
+def test_an_attack_the_guard_rejects_gives_no_robustness_score():
+    # relearn-openunlearning passes (the target keeps 70 / 75 of its gap); the fixture's int4 keeps 27%:
+    # damaged, so R is computed and Q is not, and the note under the table says why.
+    def both(record_row, relearn):
+        attacks = dict(record_row.records[0]["attacks"])
+        attacks["relearn-openunlearning"] = relearn
+        return row(record_row.kind, record_row.method, record_row.label, [{"attacks": attacks}])
+    rows = [both(TARGET, block(TARGET_BEFORE, [80, 82, 78, 81, 79, 80], U)),
+            both(RETAIN, block(RETAIN_BEFORE, [12, 14, 10, 13, 11, 12], U)),     # retain gains 2
+            both(GA, block({"verbmem": 5.0}, [25, 30, 26, 29, 27, 28], U))]      # GA gains 22.5
+    scores = robustness_scores(attack_tables(rows, COLUMNS), COLUMNS)
+    assert scores["GA"]["verbmem"]["R"] == pytest.approx(min(2.0 / 22.5, 1.0))
+    assert scores["GA"]["verbmem"].get("Q") is None and scores["GA"]["verbmem"]["HM"] is None
+    assert "n/a for int4: its guard found the attack damaging" in render_robustness(rows, COLUMNS)
 
 
 def test_no_attacked_record_gives_no_table():
