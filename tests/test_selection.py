@@ -180,6 +180,34 @@ def test_per_epoch_keeps_only_the_preferred_weights_and_puts_them_back(tiny):
     assert [e["loss"] for e in hook.summary([5.0, 4.0, 3.0, 2.0, 1.0, 0.5], 2, 6)] == [4.0, 2.0, 0.5]
 
 
+def test_per_epoch_keeps_the_epoch_utility_preserving_will_choose(tiny):
+    """utility_preserving does not need per-epoch evaluation, but with it it may pick an earlier epoch:
+    here epoch 2 (most forgetting while utility stays >= 0.9 x the target's 0.9 = 0.81); epoch 3 forgets
+    more but lost its utility. Its weights must be the ones put back (a full-size RMU run failed here)."""
+    model, _ = tiny
+    scores = iter([{"verbmem_f": 70.0, "rouge_f": 0.9, "model_utility": 0.88},
+                   {"verbmem_f": 50.0, "rouge_f": 0.8, "model_utility": 0.82},   # chosen
+                   {"verbmem_f": 5.0, "rouge_f": 0.1, "model_utility": 0.02}])
+    context = selection.Context(COLUMNS, RETAIN, {"model_utility": 0.9}, None, None, 0.9)
+    runner = SimpleNamespace(
+        rule=selection.RULES["utility_preserving"], bench_cls=SimpleNamespace(columns=COLUMNS), log=lambda *a: None,
+        _evaluate=lambda loaded, reference: {"aggregates": next(scores), "timings": {"eval_s": 1.0}},
+        _select=lambda run: selection.select("utility_preserving", run, COLUMNS, RETAIN, context=context),
+    )
+    hook = PerEpoch(runner, SimpleNamespace(model=model), None, "rmu", final_epoch=3)
+    for epoch in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        if epoch == 1:
+            second = copy.deepcopy(model.state_dict())
+        hook(epoch, model)
+    chosen = runner._select(hook.epochs)
+    assert chosen.epoch == 2 and not chosen.fallback
+    assert hook.take(chosen)["aggregates"]["model_utility"] == 0.82
+    assert all(torch.equal(v, second[k]) for k, v in model.state_dict().items())
+
+
 # --------------------------------------------------------------------------- the runner
 
 
