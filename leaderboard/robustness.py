@@ -42,6 +42,7 @@ from harness.attacks.scores import (
     relearn_robustness,
     residual_share,
     share_interval,
+    utility_key,
 )
 from harness.attacks.suite import ALIASES, ATTACKS, ITEMS, OPENUNLEARNING
 
@@ -142,8 +143,9 @@ def _method_groups(methods, name: str) -> list[tuple[dict | None, list]]:
 
 
 def utility_column(columns: Sequence[Column]) -> Column | None:
-    utility = [c for c in columns if c.family == "utility"]
-    return next((c for c in utility if c.key == "model_utility"), utility[-1] if utility else None)
+    """The column the guard reads (``scores.utility_key``: one rule for cell time and the leaderboard)."""
+    key = utility_key(columns)
+    return next((c for c in columns if c.key == key), None)
 
 
 def _guard_settings(rows) -> dict[str, float]:

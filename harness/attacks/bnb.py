@@ -27,7 +27,7 @@ import importlib.util
 import torch
 
 from harness.errors import HarnessError
-from harness.attacks.quantize import quantised_linears
+from harness.attacks.quantize import round_trip_linears_
 
 #: attack name -> (bits, bitsandbytes quantisation type)
 BNB = {"bnb-int8": (8, "int8"), "bnb-fp4": (4, "fp4"), "bnb-nf4": (4, "nf4")}
@@ -58,7 +58,6 @@ def bnb_dequantize(weight: torch.Tensor, kind: str) -> torch.Tensor:
     return F.dequantize_4bit(q, state).to(weight.dtype)
 
 
-@torch.no_grad()
 def bnb_quantise_model_(model: torch.nn.Module, name: str) -> dict:
     """Replace, in place, each quantised layer's weight (all linear layers but the head) by its bitsandbytes
     round trip; return a summary for the record."""
@@ -66,18 +65,8 @@ def bnb_quantise_model_(model: torch.nn.Module, name: str) -> dict:
     import bitsandbytes
 
     bits, kind = BNB[name]
-    names = quantised_linears(model)
-    if not names:
-        raise HarnessError("the model has no linear layers to quantise.")
-    modules = dict(model.named_modules())
-    changed = 0
-    for layer in names:
-        w = modules[layer].weight
-        new = bnb_dequantize(w, kind)
-        changed += int((new != w).sum())
-        w.copy_(new)
-    total = sum(modules[n].weight.numel() for n in names)
+    counts = round_trip_linears_(model, lambda w: bnb_dequantize(w, kind))
     scheme = ("LLM.int8() weights: absmax per output row, dequantised (activations not quantised)" if kind == "int8"
               else f"bitsandbytes {kind}, blocks of {BLOCKSIZE_4BIT}, no double quantisation, dequantised")
     return {"bits": bits, "quant_type": kind, "scheme": scheme, "library": f"bitsandbytes {bitsandbytes.__version__}",
-            "layers": len(names), "weights": total, "weights_changed": changed}
+            **counts}

@@ -6,22 +6,20 @@ the plain fine-tuning objective, and the first time its loss is asked for in ste
 model holds exactly the weights after ``k`` optimiser steps; it scores them there, before computing
 the loss. The last step's weights are scored by the attack itself after training.
 
-Scoring must not change the run: it happens in eval mode without gradients, the global random
-states are put back and train mode restored (as the loop's own per-epoch evaluation does), so a run
+Scoring must not change the run: it goes through the loop's own per-epoch helper (eval mode, the
+global random states put back, train mode restored) without gradients, so a run
 with the curve trains the same weights as one without (tested: same losses, same final scores).
 Under a LoRA attacker the probe scores a merged copy (adapters folded in).
 """
 from __future__ import annotations
 
-import random
-import time
 from typing import Callable
 
-import numpy as np
 import torch
 
 from harness.training.finetune import Finetune
 from harness.training.lora import lora_layers, merged_copy
+from harness.training.loop import _end_of_epoch
 
 
 class StepProbe(Finetune):
@@ -40,19 +38,8 @@ class StepProbe(Finetune):
         return super().loss(model, batch, ctx)
 
     def _score_quietly(self, step: int, model: torch.nn.Module) -> None:
-        started = time.perf_counter()
-        states = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
-                  torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-        was_training = model.training
-        model.eval()
-        try:
+        """Score through the loop's own between-epochs helper: eval mode, random states put back."""
+        def score(_, current):
             with torch.no_grad():
-                self.score(step, merged_copy(model) if lora_layers(model) else model)
-        finally:
-            random.setstate(states[0])
-            np.random.set_state(states[1])
-            torch.set_rng_state(states[2])
-            if states[3] is not None:
-                torch.cuda.set_rng_state_all(states[3])
-            model.train(was_training)
-            self.seconds += time.perf_counter() - started
+                self.score(step, merged_copy(current) if lora_layers(current) else current)
+        self.seconds += _end_of_epoch(score, step, model)

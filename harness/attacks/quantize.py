@@ -74,8 +74,9 @@ def quantised_linears(model: torch.nn.Module) -> list[str]:
 
 
 @torch.no_grad()
-def quantise_model_(model: torch.nn.Module, bits: int, group_size: int) -> dict:
-    """Replace, in place, each quantised layer's weight by its RTN-dequantised value; return a summary."""
+def round_trip_linears_(model: torch.nn.Module, dequantize) -> dict:
+    """Replace, in place, each quantised layer's weight by ``dequantize(weight)``; count what changed.
+    Shared by the RTN protocols here and the bitsandbytes ones (``bnb.py``)."""
     names = quantised_linears(model)
     if not names:
         raise HarnessError("the model has no linear layers to quantise.")
@@ -83,9 +84,14 @@ def quantise_model_(model: torch.nn.Module, bits: int, group_size: int) -> dict:
     changed = 0
     for name in names:
         w = modules[name].weight
-        new = rtn_dequantize(w, bits, group_size)
+        new = dequantize(w)
         changed += int((new != w).sum())
         w.copy_(new)
-    total = sum(modules[n].weight.numel() for n in names)
+    return {"layers": len(names), "weights": sum(modules[n].weight.numel() for n in names), "weights_changed": changed}
+
+
+def quantise_model_(model: torch.nn.Module, bits: int, group_size: int) -> dict:
+    """Replace, in place, each quantised layer's weight by its RTN-dequantised value; return a summary."""
+    counts = round_trip_linears_(model, lambda w: rtn_dequantize(w, bits, group_size))
     return {"bits": bits, "group_size": group_size, "scheme": "RTN, asymmetric min-max per group, dequantised",
-            "layers": len(names), "weights": total, "weights_changed": changed}
+            **counts}

@@ -480,9 +480,9 @@ class Attacks:
         shows the point nearest the budget (method rows are read against the references at their own point)."""
         before = self._unattacked(plan, loaded, evaluate, out, self_reference)
         examples = plan.examples(loaded.tokenizer)
-        points, runs = [], {}
+        points = []
         for multiple, cfg in plan.points:
-            run = runs[multiple] = self._train_and_score(plan, cfg, loaded, evaluate, examples)
+            run = self._train_and_score(plan, cfg, loaded, evaluate, examples)
             points.append({"multiple": multiple, "lr": cfg.lr, "settings": self._run_settings(plan, cfg, run, examples),
                            **self._scored(run)})
         shown = lr_grid.nearest_budget(self.multiples)

@@ -827,9 +827,7 @@ class PerEpoch:
         self.eval_s = round(self.eval_s + out["timings"]["eval_s"], 3)
         self.epochs.append({"epoch": epoch, "aggregates": out["aggregates"]})
         self.outputs[epoch] = out
-        # any rule but "last" may pick an earlier epoch here (utility_preserving does without needing
-        # per-epoch evaluation, which it also reads across swept settings), so its preferred weights are kept
-        if self.runner.rule.name != "last" and epoch < self.final_epoch:
+        if self.runner.rule.may_pick_earlier and epoch < self.final_epoch:
             preferred = self.runner._select(self.epochs)
             if preferred.epoch == epoch and not (preferred.fallback and self.runner.rule.fallback_is_last):
                 self.kept = (epoch, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})

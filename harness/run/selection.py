@@ -73,6 +73,12 @@ class Rule:
     fallback_is_last: bool = True   # when nothing qualifies it takes the newest candidate (whose weights are in the model)
     parameters: tuple[str, ...] = ()   # eval.* settings the rule reads (recorded with the cell only for this rule)
 
+    @property
+    def may_pick_earlier(self) -> bool:
+        """Given several epochs, may it choose one before the last? Every rule but ``last`` may, whether or
+        not it demands per-epoch evaluation (utility_preserving also ranks swept points without it)."""
+        return self.choose is not last
+
 
 @dataclass(frozen=True)
 class Context:
